@@ -1,0 +1,166 @@
+//! `GET /v1/tenants/{tenant}/usage`.
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, auth::Caller, error::ApiError};
+use crate::metering::usage::{Granularity, UsageQuery, query_usage};
+
+/// Every parameter arrives as text so that each problem is reported by its name.
+#[derive(Deserialize)]
+pub struct UsageParams {
+    from: Option<String>,
+    to: Option<String>,
+    granularity: Option<String>,
+    function: Option<String>,
+    group_by: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct UsageRow {
+    bucket_start: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    requests: rust_decimal::Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    compute: rust_decimal::Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    duration: rust_decimal::Decimal,
+}
+
+pub async fn get_usage(
+    caller: Caller,
+    state: web::Data<AppState>,
+    tenant: web::Path<String>,
+    params: web::Query<UsageParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant.into_inner();
+    caller.require_tenant_reader(&tenant)?;
+    let page = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
+    let from = hour_param("from", params.from.as_deref())?;
+    let to = hour_param("to", params.to.as_deref())?;
+    if to <= from {
+        return Err(ApiError::bad_parameter("to", "must be later than from"));
+    }
+    let granularity = match params.granularity.as_deref() {
+        None => Granularity::Hour,
+        Some(g) => Granularity::parse(g).ok_or_else(|| {
+            ApiError::bad_parameter("granularity", "must be hour, day or month")
+        })?,
+    };
+    let (mut by_function, mut by_arch) = (false, false);
+    for field in params.group_by.as_deref().unwrap_or("").split(',') {
+        match field.trim() {
+            "" => {}
+            "function" => by_function = true,
+            "arch" => by_arch = true,
+            other => {
+                return Err(ApiError::bad_parameter(
+                    "group_by",
+                    format!("may list function and arch (got {other:?})"),
+                ));
+            }
+        }
+    }
+    tenant_exists(&state, &tenant).await?;
+    let query = UsageQuery {
+        tenant,
+        from,
+        to,
+        granularity,
+        function: params.function.clone(),
+        by_function,
+        by_arch,
+        limit: page.limit + 1,
+        offset: page.offset,
+    };
+    let mut rows = query_usage(&state.pool, &query).await?;
+    let next_cursor = page.next_cursor(&mut rows);
+    let data = rows
+        .into_iter()
+        .map(|r| {
+            Ok(UsageRow {
+                requests: r.requests_decimal()?,
+                compute: r.compute_gb_s()?,
+                duration: r.duration_s()?,
+                bucket_start: r.bucket_start,
+                function: r.function,
+                arch: r.arch,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor})))
+}
+
+pub async fn tenant_exists(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_optional(&state.pool)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant:?}")))
+}
+
+fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
+    let value = value.ok_or_else(|| {
+        ApiError::bad_parameter(name, "is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
+    })?;
+    let t = DateTime::parse_from_rfc3339(value)
+        .map_err(|e| ApiError::bad_parameter(name, format!("must be RFC 3339 ({e})")))?
+        .with_timezone(&Utc);
+    if t.minute() != 0 || t.second() != 0 || t.nanosecond() != 0 {
+        return Err(ApiError::bad_parameter(
+            name,
+            "must be on a whole UTC hour: usage is kept in hourly buckets",
+        ));
+    }
+    Ok(t)
+}
+
+/// `limit` and `cursor` of a list. The cursor is opaque to clients; inside it is the offset
+/// of the next row in the list's stable order.
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    pub fn parse(limit: Option<&str>, cursor: Option<&str>) -> Result<Page, ApiError> {
+        let limit = match limit {
+            None => 100,
+            Some(l) => l
+                .parse::<i64>()
+                .ok()
+                .filter(|l| (1..=1000).contains(l))
+                .ok_or_else(|| ApiError::bad_parameter("limit", "must be an integer from 1 to 1000"))?,
+        };
+        let offset = match cursor {
+            None | Some("") => 0,
+            Some(c) => c
+                .strip_prefix("o")
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad_parameter("cursor", "is not a cursor this API returned")
+                })?,
+        };
+        Ok(Page { limit, offset })
+    }
+
+    /// Given up to `limit + 1` rows, drops the extra one and says where the next page starts.
+    pub fn next_cursor<T>(&self, rows: &mut Vec<T>) -> Option<String> {
+        if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            Some(format!("o{}", self.offset + self.limit))
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Typed settings: the defaults compiled in from `config/default.toml`, then an optional
+//! file named by `--config`, then `METERD__SECTION__KEY` environment variables, then
+//! `DATABASE_URL` / `AMQP_URL`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::metering::MeteringRules;
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The key `serve` warns about while it is in use.
+pub const DEV_ADMIN_KEY: &str = "dev-admin-key-change-me";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub metering: MeteringRules,
+    pub billing: BillingSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub prefetch: u16,
+    pub batch_max_events: usize,
+    pub batch_max_messages: usize,
+    pub batch_linger_ms: u64,
+    pub connection_name: String,
+    /// Declares the queues with `x-expires` (milliseconds): test and bench queues vanish
+    /// by themselves if their owner dies. Unset in production.
+    #[serde(default)]
+    pub queue_expires_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub admin_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingSettings {
+    pub grace_period_secs: u64,
+    pub default_plan: String,
+    pub invoice_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// Loads the settings from the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Loads the settings from an explicit environment, so tests need not touch the
+    /// process-wide one.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Settings> {
+        use config::{Config, File, FileFormat};
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix("METERD__") {
+                let key = key.to_ascii_lowercase().replace("__", ".");
+                builder = builder.set_override(key, value.as_str())?;
+            }
+        }
+        for (name, key) in [("DATABASE_URL", "database.url"), ("AMQP_URL", "amqp.url")] {
+            if let Some((_, value)) = env.iter().find(|(n, _)| n == name) {
+                builder = builder.set_override(key, value.as_str())?;
+            }
+        }
+        let settings: Settings = builder
+            .build()?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.metering.validate()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!(s.database.url, "postgres://postgres@127.0.0.1:5432/meterd");
+        assert_eq!(s.amqp.exchange, "meterd.usage");
+        assert_eq!(s.amqp.queue, "meterd.usage.events");
+        assert_eq!(s.amqp.dead_letter_exchange, "meterd.usage.dlx");
+        assert_eq!(s.amqp.dead_letter_queue, "meterd.usage.dead");
+        assert_eq!(s.http.addr, "127.0.0.1:8080");
+        assert_eq!(s.metering.max_duration_ms, 3_600_000);
+        assert_eq!(s.metering.max_event_age_days, 90);
+        assert_eq!(s.billing.grace_period_secs, 3600);
+        assert_eq!(s.billing.default_plan, "default");
+        assert_eq!(s.billing.invoice_prefix, "INV");
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        assert_eq!(s.amqp.queue_expires_ms, None);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("METERD__METERING__DURATION_GRANULARITY_MS", "100"),
+                ("METERD__HTTP__ADDR", "0.0.0.0:9999"),
+                ("METERD__AMQP__QUEUE_EXPIRES_MS", "60000"),
+                ("METERD__LOG__FORMAT", "json"),
+                ("DATABASE_URL", "postgres://postgres@db/x"),
+                ("AMQP_URL", "amqp://mq"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.metering.duration_granularity_ms, 100);
+        assert_eq!(s.http.addr, "0.0.0.0:9999");
+        assert_eq!(s.amqp.queue_expires_ms, Some(60000));
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.database.url, "postgres://postgres@db/x");
+        assert_eq!(s.amqp.url, "amqp://mq");
+    }
+
+    #[test]
+    fn a_zero_granularity_is_refused() {
+        let err = Settings::load_from(
+            None,
+            &env(&[("METERD__METERING__MEMORY_GRANULARITY_MB", "0")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("memory_granularity_mb"), "{err:#}");
+    }
+}

@@ -1,0 +1,348 @@
+//! The AMQP consumer: manual acks, bounded prefetch, batches acked with `multiple` after the
+//! database commit.
+//!
+//! A session is two tasks joined by a one-slot channel, so decoding the next batch overlaps
+//! committing the current one:
+//! - the reader gathers deliveries until a batch is full or its linger time has passed and
+//!   decodes each into events or a dead-letter reason;
+//! - the writer publishes the dead letters (with confirms), records the events in one
+//!   transaction (retrying transient failures with backoff and jitter), and then acks
+//!   everything up to the batch's last delivery tag.
+//!
+//! Batches are committed and acked in delivery order on one channel, so `multiple` acks never
+//! cover an uncommitted delivery. A crash anywhere leaves the unacked deliveries to be
+//! redelivered, and the ledger makes the replay count nothing twice. A broken broker
+//! session is torn down and re-established with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::decode::{Rejection, decode_message};
+use super::topology;
+use crate::config::AmqpSettings;
+use crate::metering::{MeterStore, UsageEvent};
+use crate::metrics::Metrics;
+
+/// Retry delays for transient failures: exponential from `base` to `cap`, with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: full exponential step, then 50–100 % of it so that many consumers
+    /// retrying together spread out.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(self.attempt))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        exp.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Sleeps for the next backoff delay; false if shutdown came first.
+async fn pause(backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
+    }
+}
+
+/// Runs the consumer until `shutdown` is cancelled, reconnecting by itself.
+pub async fn run_consumer(
+    settings: AmqpSettings,
+    store: Arc<MeterStore>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let consumer = Consumer {
+        settings,
+        store,
+        metrics,
+        shutdown,
+    };
+    loop {
+        let result = consumer.session(&mut backoff).await;
+        consumer.metrics.consumer_connected.set(0);
+        consumer.metrics.consumer_in_flight.set(0);
+        match result {
+            Ok(()) => {
+                tracing::info!("consumer stopped");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "broker session ended; reconnecting");
+                consumer.metrics.reconnects.inc();
+                if !pause(&mut backoff, &consumer.shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Consumer {
+    settings: AmqpSettings,
+    store: Arc<MeterStore>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+/// One delivery, decoded.
+enum Received {
+    Events(Vec<UsageEvent>),
+    Poison {
+        rejection: Rejection,
+        body: Vec<u8>,
+        routing_key: String,
+        properties: BasicProperties,
+    },
+}
+
+#[derive(Default)]
+struct Batch {
+    received: Vec<Received>,
+    events: usize,
+    last_tag: u64,
+}
+
+impl Consumer {
+    /// One broker connection: Ok on shutdown, Err when the session broke.
+    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let connection = topology::connect(s, &s.connection_name)
+            .await
+            .context("connect to the broker")?;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, s)
+            .await
+            .context("declare the topology")?;
+        channel
+            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                s.queue.as_str().into(),
+                format!("meterd-{}", uuid::Uuid::new_v4()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %s.queue, "consuming");
+        self.metrics.consumer_connected.set(1);
+        backoff.reset();
+
+        let (batches_tx, batches_rx) = mpsc::channel(1);
+        let result = tokio::try_join!(
+            self.read(deliveries, batches_tx),
+            self.write(batches_rx, &channel, &dead_letters)
+        );
+        // Closing returns any unacked deliveries to the queue at once.
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = dead_letters.close(200, "bye".into()).await;
+        let _ = connection.close(200, "bye".into()).await;
+        result.map(|_| ())
+    }
+
+    /// Gathers deliveries into batches until shutdown.
+    async fn read(
+        &self,
+        mut deliveries: lapin::Consumer,
+        batches: mpsc::Sender<Batch>,
+    ) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let linger = Duration::from_millis(s.batch_linger_ms);
+        loop {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                next = deliveries.next() => next,
+            };
+            let mut batch = Batch::default();
+            self.add(&mut batch, first)?;
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.events < s.batch_max_events && batch.received.len() < s.batch_max_messages
+            {
+                match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                    Err(_elapsed) => break,
+                    Ok(next) => self.add(&mut batch, next)?,
+                }
+            }
+            if batches.send(batch).await.is_err() {
+                return Ok(()); // the writer stopped; its error ends the session
+            }
+        }
+    }
+
+    fn add(
+        &self,
+        batch: &mut Batch,
+        next: Option<lapin::Result<lapin::message::Delivery>>,
+    ) -> anyhow::Result<()> {
+        let delivery = match next {
+            None => anyhow::bail!("the broker cancelled the consumer"),
+            Some(result) => result.context("delivery failed")?,
+        };
+        self.metrics.consumer_in_flight.inc();
+        batch.last_tag = delivery.delivery_tag;
+        match decode_message(&delivery.data, self.store.rules(), Utc::now()) {
+            Ok(events) => {
+                batch.events += events.len();
+                batch.received.push(Received::Events(events));
+            }
+            Err(rejection) => batch.received.push(Received::Poison {
+                rejection,
+                body: delivery.data,
+                routing_key: delivery.routing_key.to_string(),
+                properties: delivery.properties,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Commits batches in order until the reader stops.
+    async fn write(
+        &self,
+        mut batches: mpsc::Receiver<Batch>,
+        channel: &Channel,
+        dead_letters: &Channel,
+    ) -> anyhow::Result<()> {
+        while let Some(batch) = batches.recv().await {
+            let messages = batch.received.len();
+            let last_tag = batch.last_tag;
+            let mut events = Vec::with_capacity(batch.events);
+            for received in batch.received {
+                match received {
+                    Received::Events(mut e) => events.append(&mut e),
+                    Received::Poison {
+                        rejection,
+                        body,
+                        routing_key,
+                        properties,
+                    } => {
+                        self.dead_letter(dead_letters, &rejection, &body, &routing_key, properties)
+                            .await?
+                    }
+                }
+            }
+            if !events.is_empty() && !self.record(&events).await {
+                return Ok(()); // shutdown while the database was failing: leave unacked
+            }
+            channel
+                .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                .await
+                .context("ack")?;
+            self.metrics.consumer_in_flight.sub(messages as i64);
+        }
+        Ok(())
+    }
+
+    /// Republishes a poison message unchanged, with the reason in its headers.
+    async fn dead_letter(
+        &self,
+        channel: &Channel,
+        rejection: &Rejection,
+        body: &[u8],
+        routing_key: &str,
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(code = rejection.code.as_str(), reason = %rejection.reason, "dead-lettering a message");
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-meterd-error".into(),
+            AMQPValue::LongString(rejection.code.as_str().into()),
+        );
+        headers.insert(
+            "x-meterd-reason".into(),
+            AMQPValue::LongString(rejection.reason.as_str().into()),
+        );
+        let properties = properties.with_headers(headers).with_delivery_mode(2);
+        topology::publish_confirmed(
+            channel,
+            &self.settings.dead_letter_exchange,
+            routing_key,
+            body,
+            properties,
+        )
+        .await
+        .context("publish a dead letter")?;
+        self.metrics
+            .messages_dead_lettered
+            .with_label_values(&[rejection.code.as_str()])
+            .inc();
+        Ok(())
+    }
+
+    /// Records events, retrying until it succeeds; false if shutdown came first.
+    async fn record(&self, events: &[UsageEvent]) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let started = std::time::Instant::now();
+            match self.store.record_events(events).await {
+                Ok(outcome) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batch_events.observe(events.len() as f64);
+                    self.metrics.events_accepted.inc_by(outcome.accepted);
+                    self.metrics.events_duplicate.inc_by(outcome.duplicates);
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "recording a batch failed; retrying");
+                    if !pause(&mut backoff, &self.shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert!(delays[7] >= Duration::from_millis(500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,111 @@
+//! The `meterd` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use meterd::app::{self, ServeRole};
+use meterd::config::Settings;
+use meterd::{bench, loadgen, telemetry};
+
+#[derive(Parser)]
+#[command(name = "meterd", version, about = "Pay-per-use metering and billing for serverless platforms")]
+struct Cli {
+    /// A TOML file overriding config/default.toml (environment variables override both).
+    #[arg(long, global = true, env = "METERD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: API, consumer and finalizer (or one role of them).
+    Serve {
+        #[arg(long, value_enum, default_value_t = ServeRole::All)]
+        role: ServeRole,
+        /// Also publish sample usage (a built-in loadgen), so a newcomer sees it flow.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Publish synthetic invocation records to the usage exchange.
+    Loadgen(loadgen::LoadgenOptions),
+    /// Measure throughput and resources; prints one JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// AMQP ingestion: the broker's raw consume ceiling against meterd end to end.
+    Ingest(bench::IngestBenchOptions),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(settings.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(run(cli.command, settings))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { role, demo } => serve(settings, role, demo).await,
+        Command::Migrate => {
+            meterd::db::migrate(&settings.database).await?;
+            tracing::info!("database is up to date");
+            Ok(())
+        }
+        Command::Loadgen(options) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            loadgen::run(&settings.amqp, options, shutdown).await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ingest(options)) => {
+            let report = bench::ingest(&settings, &options).await?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings, role: ServeRole, demo: bool) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let amqp = settings.amqp.clone();
+    let running = app::start(settings, role, shutdown.clone()).await?;
+    if demo {
+        let demo_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tracing::info!("demo: publishing sample usage (5 tenants, 200 events/s)");
+            if let Err(e) = loadgen::run(&amqp, loadgen::LoadgenOptions::default(), demo_shutdown).await {
+                tracing::error!(error = format!("{e:#}"), "demo loadgen stopped");
+            }
+        });
+    }
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), running.wait()).await {
+        Ok(()) => Ok(()),
+        Err(_) => anyhow::bail!("shutdown took longer than 10 s"),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}
