@@ -1,0 +1,302 @@
+//! Ingestion over AMQP and HTTP: exact buckets, duplicates, dead letters.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use common::{spawn_app, spawn_app_with, test_settings};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+/// An event as the test generates it, with durations in exact microseconds.
+#[derive(Clone)]
+struct Invocation {
+    id: String,
+    tenant: String,
+    function: String,
+    timestamp: DateTime<Utc>,
+    duration_us: u64,
+    init_us: Option<u64>,
+    memory_mb: u64,
+    arch: Option<&'static str>,
+}
+
+impl Invocation {
+    fn json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id, "tenant": self.tenant, "function": self.function,
+            "timestamp": self.timestamp.to_rfc3339(),
+            "memory_mb": self.memory_mb,
+        });
+        // Durations go out as exact decimal text, e.g. 120.057.
+        v["duration_ms"] = serde_json::from_str(&micros_text(self.duration_us)).unwrap();
+        if let Some(init) = self.init_us {
+            v["init_duration_ms"] = serde_json::from_str(&micros_text(init)).unwrap();
+        }
+        if let Some(arch) = self.arch {
+            v["arch"] = json!(arch);
+        }
+        v
+    }
+}
+
+fn micros_text(us: u64) -> String {
+    format!("{}.{:03}", us / 1000, us % 1000)
+}
+
+fn random_workload(rng: &mut StdRng, n: usize, now: DateTime<Utc>) -> Vec<Invocation> {
+    (0..n)
+        .map(|i| Invocation {
+            id: format!("ev-{i}"),
+            tenant: format!("t{}", rng.random_range(0..4)),
+            function: ["resize", "thumb", "api/get", "ünïcode λ"][rng.random_range(0..4)].to_owned(),
+            timestamp: now - Duration::minutes(rng.random_range(0..(3 * 24 * 60))),
+            duration_us: rng.random_range(0..5_000_000),
+            init_us: rng.random_bool(0.2).then(|| rng.random_range(0..900_000)),
+            memory_mb: rng.random_range(1..=10_240),
+            arch: [None, Some("x86_64"), Some("arm64")][rng.random_range(0..3)],
+        })
+        .collect()
+}
+
+/// Expected usage rows keyed as the harness returns them, computed from the metering rules
+/// with integer arithmetic only.
+fn expected_usage(
+    events: &[Invocation],
+    tenant: &str,
+    rules: &meterd::metering::MeteringRules,
+) -> BTreeMap<(String, String, String), [String; 3]> {
+    let mut sums: BTreeMap<(String, String, String), (u64, u128, u128)> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.tenant == tenant) {
+        let total_us = e.duration_us + e.init_us.unwrap_or(0);
+        let ms = total_us.div_ceil(1000);
+        let g = rules.duration_granularity_ms;
+        let billed_ms = (ms.div_ceil(g) * g).max(rules.min_duration_ms);
+        let mg = u64::from(rules.memory_granularity_mb);
+        let billed_mb = (e.memory_mb.div_ceil(mg) * mg).max(u64::from(rules.min_memory_mb));
+        let hour = e.timestamp.duration_trunc(Duration::hours(1)).unwrap();
+        let key = (
+            hour.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            e.function.clone(),
+            e.arch.unwrap_or("x86_64").to_owned(),
+        );
+        let s = sums.entry(key).or_default();
+        s.0 += 1;
+        s.1 += u128::from(billed_ms);
+        s.2 += u128::from(billed_ms) * u128::from(billed_mb);
+    }
+    sums.into_iter()
+        .map(|(k, (req, ms, mbms))| {
+            let compute = (Decimal::from(mbms as u64) / Decimal::from(1_024_000)).normalize();
+            let duration = (Decimal::from(ms as u64) / Decimal::from(1000)).normalize();
+            (k, [req.to_string(), compute.to_string(), duration.to_string()])
+        })
+        .collect()
+}
+
+/// Publishes the workload as a mix of single events and arrays.
+async fn publish_mixed(app: &common::TestApp, rng: &mut StdRng, events: &[Invocation]) {
+    let mut i = 0;
+    while i < events.len() {
+        let n = [1, 1, 3, 17, 50][rng.random_range(0..5)].min(events.len() - i);
+        let chunk = &events[i..i + n];
+        if n == 1 && rng.random_bool(0.5) {
+            app.publish_json(&chunk[0].json()).await;
+        } else {
+            app.publish_json(&Value::Array(chunk.iter().map(Invocation::json).collect())).await;
+        }
+        i += n;
+    }
+}
+
+fn usage_window(now: DateTime<Utc>) -> String {
+    let to = now.duration_trunc(Duration::hours(1)).unwrap() + Duration::hours(1);
+    let from = to - Duration::days(4);
+    format!("from={}&to={}&group_by=function,arch", from.format("%Y-%m-%dT%H:00:00Z"), to.format("%Y-%m-%dT%H:00:00Z"))
+}
+
+async fn check_random_workload(settings: meterd::config::Settings, seed: u64) {
+    let rules = settings.metering.clone();
+    let app = spawn_app_with(settings).await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Utc::now();
+    let events = random_workload(&mut rng, 1500, now);
+    publish_mixed(&app, &mut rng, &events).await;
+    app.wait_for_requests(events.len() as i64).await;
+    for tenant in ["t0", "t1", "t2", "t3"] {
+        let got = app.usage(tenant, &usage_window(now), app.admin_key()).await;
+        assert_eq!(got, expected_usage(&events, tenant, &rules), "tenant {tenant}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workloads_land_in_exact_hourly_buckets() {
+    check_random_workload(test_settings(), 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_style_rules_round_duration_and_memory_up() {
+    let mut settings = test_settings();
+    settings.metering.duration_granularity_ms = 100;
+    settings.metering.min_duration_ms = 100;
+    settings.metering.memory_granularity_mb = 128;
+    settings.metering.min_memory_mb = 128;
+    check_random_workload(settings, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_and_month_granularity_sum_the_hours() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let hour = now.duration_trunc(Duration::hours(1)).unwrap();
+    let event = |id: &str, ts: DateTime<Utc>, f: &str| {
+        json!({"id": id, "tenant": "acme", "function": f, "timestamp": ts.to_rfc3339(),
+               "duration_ms": 1000, "memory_mb": 1024})
+    };
+    app.publish_json(&json!([event("a", hour, "f"), event("b", hour - Duration::hours(1), "f"), event("c", hour - Duration::hours(1), "g")])).await;
+    app.wait_for_requests(3).await;
+    let from = (hour - Duration::days(40)).format("%Y-%m-%dT%H:00:00Z");
+    let to = (hour + Duration::hours(1)).format("%Y-%m-%dT%H:00:00Z");
+    let (status, body) = app
+        .get(&format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=month"), Some(app.admin_key()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let total: u64 = body["data"].as_array().unwrap().iter().map(|r| r["requests"].as_str().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 3);
+    assert!(body["data"][0].get("function").is_none(), "ungrouped rows carry no function: {body}");
+    let first = &body["data"][0];
+    assert!(first["bucket_start"].as_str().unwrap().ends_with("-01T00:00:00Z"), "{first}");
+    // 1 s at 1 GB is 1 GB-s per event.
+    let (_, body) = app
+        .get(&format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=day&function=g"), Some(app.admin_key()))
+        .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["compute"], "1");
+    assert_eq!(body["data"][0]["duration"], "1");
+    assert_eq!(body["data"][0]["requests"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_count_once_whatever_their_other_fields_say() {
+    let app = spawn_app().await;
+    let ts = Utc::now().to_rfc3339();
+    let e = |id: &str, duration: u64| json!({"id": id, "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": duration, "memory_mb": 128});
+    // Within one message, across messages, with altered fields, and the same id for
+    // another tenant (which is a different event).
+    app.publish_json(&json!([e("1", 100), e("1", 100), e("2", 100)])).await;
+    app.publish_json(&e("1", 999)).await;
+    app.publish_json(&json!([e("2", 5), e("3", 100)])).await;
+    let mut other = e("1", 100);
+    other["tenant"] = json!("globex");
+    app.publish_json(&other).await;
+    app.wait_for_requests(4).await;
+    // A last distinct event proves everything before it was processed.
+    app.publish_json(&e("4", 100)).await;
+    app.wait_for_requests(5).await;
+    let (_, ms): (i64, rust_decimal::Decimal) = sqlx::query_as("SELECT sum(requests)::int8, sum(billed_ms) FROM usage_hourly WHERE tenant = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ms, Decimal::from(400), "the altered duplicates must not count");
+    assert_eq!(app.metrics().events_duplicate.get(), 3);
+    assert_eq!(app.metrics().events_accepted.get(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_poison_class_is_dead_lettered_with_its_code_and_original_body() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let good = |id: &str| json!({"id": id, "tenant": "acme", "function": "f", "timestamp": now.to_rfc3339(), "duration_ms": 10, "memory_mb": 128});
+    let with = |field: &str, value: Value| {
+        let mut e = good("x");
+        e[field] = value;
+        e
+    };
+    let without = |field: &str| {
+        let mut e = good("x");
+        e.as_object_mut().unwrap().remove(field);
+        e
+    };
+    let mut cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "invalid_json"),
+        (vec![0xc3, 0x28], "invalid_json"),
+        (b"[]".to_vec(), "invalid_shape"),
+        (b"\"event\"".to_vec(), "invalid_shape"),
+        (serde_json::to_vec(&json!([good("a"), 5])).unwrap(), "invalid_shape"),
+        (serde_json::to_vec(&with("timestamp", json!((now - Duration::days(91)).to_rfc3339()))).unwrap(), "too_old"),
+        (serde_json::to_vec(&with("timestamp", json!((now + Duration::minutes(10)).to_rfc3339()))).unwrap(), "in_future"),
+        (serde_json::to_vec(&Value::Array(vec![good("m"); 10_001])).unwrap(), "too_many_events"),
+        (vec![b' '; 4 * 1024 * 1024 + 1], "too_large"),
+        (serde_json::to_vec(&json!([good("b"), good("c"), with("memory_mb", json!(0))])).unwrap(), "invalid_value"),
+    ];
+    for field in ["id", "tenant", "function", "timestamp", "duration_ms", "memory_mb"] {
+        cases.push((serde_json::to_vec(&without(field)).unwrap(), "missing_field"));
+    }
+    for (field, value) in [
+        ("id", json!("")), ("tenant", json!("bad tenant")), ("function", json!("a\u{7}b")),
+        ("timestamp", json!("2026-11-21 10:00")), ("duration_ms", json!(-1)),
+        ("duration_ms", json!(3_600_001)), ("init_duration_ms", json!("5")), ("memory_mb", json!(65_537)),
+        ("memory_mb", json!(1.5)), ("arch", json!("riscv")),
+    ] {
+        cases.push((serde_json::to_vec(&with(field, value)).unwrap(), "invalid_value"));
+    }
+    for (i, (body, _)) in cases.iter().enumerate() {
+        app.publish(body).await;
+        // Good messages interleaved with the poison must still be counted.
+        app.publish_json(&good(&format!("good-{i}"))).await;
+    }
+    let letters = app.dead_letters(cases.len()).await;
+    for ((body, code), letter) in cases.iter().zip(&letters) {
+        assert_eq!(&letter.code, code, "reason: {}", letter.reason);
+        assert!(&letter.body == body, "the dead letter's body must be the original ({code})");
+        assert!(!letter.reason.is_empty());
+    }
+    assert!(letters.iter().any(|l| l.reason.starts_with("events[2].memory_mb")), "array reasons name the index");
+    app.wait_for_requests(cases.len() as i64).await;
+    let dead: u64 = meterd::ingest::ErrorCode::ALL
+        .iter()
+        .map(|c| app.metrics().messages_dead_lettered.with_label_values(&[c.as_str()]).get())
+        .sum();
+    assert_eq!(dead, cases.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_shares_validation_and_idempotency() {
+    let app = spawn_app().await;
+    let ingest = app.issue_key("ingest", None).await;
+    let ts = Utc::now().to_rfc3339();
+    let e = |id: &str| json!({"id": id, "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": 1.5, "memory_mb": 128});
+    let (status, body) = app.post("/v1/events", Some(&ingest), &json!([e("1"), e("2"), e("1")])).await;
+    assert_eq!((status, body.clone()), (200, json!({"accepted": 2, "duplicates": 1})), "{body}");
+    let (status, body) = app.post("/v1/events", Some(app.admin_key()), &e("2")).await;
+    assert_eq!((status, body), (200, json!({"accepted": 0, "duplicates": 1})));
+    assert_eq!(app.counted_requests().await, 2);
+
+    let mut bad = e("3");
+    bad["memory_mb"] = json!(0);
+    let (status, body) = app.post("/v1/events", Some(&ingest), &json!([e("3"), bad])).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "invalid_value");
+    assert!(body["error"]["message"].as_str().unwrap().contains("events[1].memory_mb"), "{body}");
+    let res = app
+        .http
+        .post(format!("{}/v1/events", app.base_url))
+        .bearer_auth(&ingest)
+        .body(vec![b' '; 4 * 1024 * 1024 + 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+    let res = app.http.post(format!("{}/v1/events", app.base_url)).bearer_auth(&ingest).body("{oops").send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 422);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    assert_eq!(app.counted_requests().await, 2, "rejected bodies count nothing");
+
+    let tenant = app.issue_key("tenant", Some("acme")).await;
+    let (status, body) = app.post("/v1/events", Some(&tenant), &e("9")).await;
+    assert_eq!(status, 403, "{body}");
+}
