@@ -43,6 +43,11 @@ impl RunningApp {
         self.wait().await;
     }
 
+    /// Asks every task to stop, without waiting.
+    pub fn cancel(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Waits until every task has ended (after the shutdown token is cancelled).
     pub async fn wait(self) {
         for task in self.tasks {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions, ExchangeDeleteOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions,
+        QueueDeleteOptions,
+    },
     types::FieldTable,
 };
 use serde_json::json;
@@ -34,7 +37,10 @@ pub struct IngestBenchOptions {
     pub per_message: usize,
 }
 
-pub async fn ingest(settings: &Settings, opts: &IngestBenchOptions) -> anyhow::Result<serde_json::Value> {
+pub async fn ingest(
+    settings: &Settings,
+    opts: &IngestBenchOptions,
+) -> anyhow::Result<serde_json::Value> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let mut amqp = settings.amqp.clone();
     amqp.exchange = format!("meterd.bench.{tag}");
@@ -52,7 +58,12 @@ pub async fn ingest(settings: &Settings, opts: &IngestBenchOptions) -> anyhow::R
     raw_settings.queue = raw_queue.clone();
     topology::declare(&channel, &raw_settings).await?;
     channel
-        .queue_unbind(raw_queue.as_str().into(), amqp.exchange.as_str().into(), "#".into(), FieldTable::default())
+        .queue_unbind(
+            raw_queue.as_str().into(),
+            amqp.exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
         .await?;
 
     // The same workload twice: the raw queue takes it by its name on the default exchange.
@@ -76,16 +87,28 @@ pub async fn ingest(settings: &Settings, opts: &IngestBenchOptions) -> anyhow::R
     let mut db = settings.database.clone();
     db.url = database_url.clone();
     let pool = crate::db::migrate(&db).await?;
-    let store = Arc::new(MeterStore::new(pool.clone(), settings.metering.clone(), settings.billing.default_plan.clone()));
+    let store = Arc::new(MeterStore::new(
+        pool.clone(),
+        settings.metering.clone(),
+        settings.billing.default_plan.clone(),
+    ));
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let rss_before = rss_mb();
     let started = Instant::now();
-    let consumer = tokio::spawn(run_consumer(amqp.clone(), store, metrics.clone(), shutdown.clone()));
+    let consumer = tokio::spawn(run_consumer(
+        amqp.clone(),
+        store,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut peak_rss = rss_before;
     let deadline = Instant::now() + Duration::from_secs(600);
     while metrics.events_accepted.get() < opts.events {
-        anyhow::ensure!(Instant::now() < deadline, "meterd did not finish within 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "meterd did not finish within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         peak_rss = peak_rss.max(rss_mb());
     }
@@ -93,19 +116,29 @@ pub async fn ingest(settings: &Settings, opts: &IngestBenchOptions) -> anyhow::R
     shutdown.cancel();
     let _ = consumer.await;
 
-    let counted: (i64,) = sqlx::query_as("SELECT coalesce(sum(requests), 0)::int8 FROM usage_hourly")
-        .fetch_one(&pool)
-        .await?;
+    let counted: (i64,) =
+        sqlx::query_as("SELECT coalesce(sum(requests), 0)::int8 FROM usage_hourly")
+            .fetch_one(&pool)
+            .await?;
     pool.close().await;
     drop_database(&settings.database.url, &database_url).await?;
     for queue in [&raw_queue, &amqp.queue, &amqp.dead_letter_queue] {
-        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
     }
     for exchange in [&amqp.exchange, &amqp.dead_letter_exchange] {
-        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
     }
     let _ = connection.close(200, "done".into()).await;
-    anyhow::ensure!(counted.0 as u64 == opts.events, "counted {} of {} events", counted.0, opts.events);
+    anyhow::ensure!(
+        counted.0 as u64 == opts.events,
+        "counted {} of {} events",
+        counted.0,
+        opts.events
+    );
 
     let raw_rate = opts.events as f64 / raw_secs;
     let meterd_rate = opts.events as f64 / meterd_secs;
@@ -149,13 +182,24 @@ async fn fill(
 }
 
 /// Consumes `messages` from the queue doing no work but acking: the broker's ceiling.
-async fn consume_raw(amqp: &crate::config::AmqpSettings, queue: &str, messages: u64) -> anyhow::Result<f64> {
+async fn consume_raw(
+    amqp: &crate::config::AmqpSettings,
+    queue: &str,
+    messages: u64,
+) -> anyhow::Result<f64> {
     let connection = topology::connect(amqp, "meterd-bench-raw").await?;
     let channel = connection.create_channel().await?;
-    channel.basic_qos(amqp.prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(amqp.prefetch, BasicQosOptions::default())
+        .await?;
     let started = Instant::now();
     let mut consumer = channel
-        .basic_consume(queue.into(), "bench-raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let ack_every = (u64::from(amqp.prefetch) / 2).max(1);
     let mut received = 0;
@@ -173,14 +217,21 @@ async fn consume_raw(amqp: &crate::config::AmqpSettings, queue: &str, messages: 
 
 /// A fresh database beside the configured one.
 async fn bench_database(base_url: &str, tag: &str) -> anyhow::Result<String> {
-    let (prefix, _) = base_url.rsplit_once('/').context("database.url has no database name")?;
+    let (prefix, _) = base_url
+        .rsplit_once('/')
+        .context("database.url has no database name")?;
     Ok(format!("{prefix}/meterd_bench_{tag}"))
 }
 
 async fn drop_database(admin_url: &str, url: &str) -> anyhow::Result<()> {
     let name = url.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
-    let (prefix, _) = admin_url.rsplit_once('/').context("database.url has no database name")?;
-    let mut conn = sqlx::PgConnection::connect_with(&crate::db::connect_options(&format!("{prefix}/postgres"))?).await?;
+    let (prefix, _) = admin_url
+        .rsplit_once('/')
+        .context("database.url has no database name")?;
+    let mut conn = sqlx::PgConnection::connect_with(&crate::db::connect_options(&format!(
+        "{prefix}/postgres"
+    ))?)
+    .await?;
     let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     conn.execute(sqlx::AssertSqlSafe(drop)).await?;
     Ok(())

@@ -173,6 +173,9 @@ mod tests {
             &env(&[("METERD__METERING__MEMORY_GRANULARITY_MB", "0")]),
         )
         .unwrap_err();
-        assert!(format!("{err:#}").contains("memory_granularity_mb"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("memory_granularity_mb"),
+            "{err:#}"
+        );
     }
 }

@@ -17,7 +17,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Connection options with the user always set: without one in the URL, PostgreSQL's
 /// conventional `postgres` is used rather than whatever the driver would guess.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(url).context("database.url is not a PostgreSQL URL")?;
+    let options =
+        PgConnectOptions::from_str(url).context("database.url is not a PostgreSQL URL")?;
     let has_user = url
         .split_once("://")
         .map(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))

@@ -73,7 +73,10 @@ impl EventGenerator {
     }
 
     pub fn event(&mut self) -> Value {
-        if !self.recent.is_empty() && self.rng.random_bool(self.options.duplicates.clamp(0.0, 1.0))
+        if !self.recent.is_empty()
+            && self
+                .rng
+                .random_bool(self.options.duplicates.clamp(0.0, 1.0))
         {
             let i = self.rng.random_range(0..self.recent.len());
             return self.recent[i].clone();
@@ -181,7 +184,8 @@ pub async fn run(
         .context("connect to the broker")?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel, settings).await?;
-    let mut publisher = ConfirmedPublisher::new(&connection, &settings.exchange, "usage.loadgen").await?;
+    let mut publisher =
+        ConfirmedPublisher::new(&connection, &settings.exchange, "usage.loadgen").await?;
     let per_message = options.per_message.max(1);
     let limit = options.events.unwrap_or(u64::MAX);
     let rate = options.rate;

@@ -11,7 +11,11 @@ use meterd::config::Settings;
 use meterd::{bench, loadgen, telemetry};
 
 #[derive(Parser)]
-#[command(name = "meterd", version, about = "Pay-per-use metering and billing for serverless platforms")]
+#[command(
+    name = "meterd",
+    version,
+    about = "Pay-per-use metering and billing for serverless platforms"
+)]
 struct Cli {
     /// A TOML file overriding config/default.toml (environment variables override both).
     #[arg(long, global = true, env = "METERD_CONFIG")]
@@ -34,6 +38,15 @@ enum Command {
     Migrate,
     /// Publish synthetic invocation records to the usage exchange.
     Loadgen(loadgen::LoadgenOptions),
+    /// Price usage offline (no database): prints the invoice lines as JSON.
+    Price {
+        /// The plan, as for PUT /v1/plans/{plan}.
+        #[arg(long)]
+        plan: PathBuf,
+        /// The usage: {"period": "2026-10", "usage": [{"function", "arch", "requests", "compute", "duration"}]}.
+        #[arg(long)]
+        usage: PathBuf,
+    },
     /// Measure throughput and resources; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -47,6 +60,10 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Price { plan, usage } = &cli.command {
+        // Offline: no configuration, database or runtime needed.
+        return price(plan, usage);
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -70,12 +87,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             loadgen::run(&settings.amqp, options, shutdown).await?;
             Ok(())
         }
+        Command::Price { plan, usage } => price(&plan, &usage),
         Command::Bench(BenchCommand::Ingest(options)) => {
             let report = bench::ingest(&settings, &options).await?;
             println!("{report}");
             Ok(())
         }
     }
+}
+
+fn price(plan: &std::path::Path, usage: &std::path::Path) -> anyhow::Result<()> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let priced = meterd::rating::price_files(&read(plan)?, &read(usage)?)?;
+    println!("{priced}");
+    Ok(())
 }
 
 async fn serve(settings: Settings, role: ServeRole, demo: bool) -> anyhow::Result<()> {
@@ -87,7 +114,9 @@ async fn serve(settings: Settings, role: ServeRole, demo: bool) -> anyhow::Resul
         let demo_shutdown = shutdown.clone();
         tokio::spawn(async move {
             tracing::info!("demo: publishing sample usage (5 tenants, 200 events/s)");
-            if let Err(e) = loadgen::run(&amqp, loadgen::LoadgenOptions::default(), demo_shutdown).await {
+            if let Err(e) =
+                loadgen::run(&amqp, loadgen::LoadgenOptions::default(), demo_shutdown).await
+            {
                 tracing::error!(error = format!("{e:#}"), "demo loadgen stopped");
             }
         });

@@ -47,7 +47,9 @@ impl Metrics {
             .unwrap(),
             batch_events: Histogram::with_opts(
                 HistogramOpts::new("meterd_batch_events", "Events per committed batch").buckets(
-                    vec![1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0],
+                    vec![
+                        1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0,
+                    ],
                 ),
             )
             .unwrap(),
@@ -80,7 +82,10 @@ impl Metrics {
             )
             .unwrap(),
             http_requests: IntCounterVec::new(
-                Opts::new("meterd_http_requests_total", "HTTP requests by route and status"),
+                Opts::new(
+                    "meterd_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
                 &["method", "route", "status"],
             )
             .unwrap(),

@@ -51,7 +51,8 @@ fn random_workload(rng: &mut StdRng, n: usize, now: DateTime<Utc>) -> Vec<Invoca
         .map(|i| Invocation {
             id: format!("ev-{i}"),
             tenant: format!("t{}", rng.random_range(0..4)),
-            function: ["resize", "thumb", "api/get", "ünïcode λ"][rng.random_range(0..4)].to_owned(),
+            function: ["resize", "thumb", "api/get", "ünïcode λ"][rng.random_range(0..4)]
+                .to_owned(),
             timestamp: now - Duration::minutes(rng.random_range(0..(3 * 24 * 60))),
             duration_us: rng.random_range(0..5_000_000),
             init_us: rng.random_bool(0.2).then(|| rng.random_range(0..900_000)),
@@ -91,7 +92,10 @@ fn expected_usage(
         .map(|(k, (req, ms, mbms))| {
             let compute = (Decimal::from(mbms as u64) / Decimal::from(1_024_000)).normalize();
             let duration = (Decimal::from(ms as u64) / Decimal::from(1000)).normalize();
-            (k, [req.to_string(), compute.to_string(), duration.to_string()])
+            (
+                k,
+                [req.to_string(), compute.to_string(), duration.to_string()],
+            )
         })
         .collect()
 }
@@ -105,7 +109,8 @@ async fn publish_mixed(app: &common::TestApp, rng: &mut StdRng, events: &[Invoca
         if n == 1 && rng.random_bool(0.5) {
             app.publish_json(&chunk[0].json()).await;
         } else {
-            app.publish_json(&Value::Array(chunk.iter().map(Invocation::json).collect())).await;
+            app.publish_json(&Value::Array(chunk.iter().map(Invocation::json).collect()))
+                .await;
         }
         i += n;
     }
@@ -114,7 +119,11 @@ async fn publish_mixed(app: &common::TestApp, rng: &mut StdRng, events: &[Invoca
 fn usage_window(now: DateTime<Utc>) -> String {
     let to = now.duration_trunc(Duration::hours(1)).unwrap() + Duration::hours(1);
     let from = to - Duration::days(4);
-    format!("from={}&to={}&group_by=function,arch", from.format("%Y-%m-%dT%H:00:00Z"), to.format("%Y-%m-%dT%H:00:00Z"))
+    format!(
+        "from={}&to={}&group_by=function,arch",
+        from.format("%Y-%m-%dT%H:00:00Z"),
+        to.format("%Y-%m-%dT%H:00:00Z")
+    )
 }
 
 async fn check_random_workload(settings: meterd::config::Settings, seed: u64) {
@@ -127,7 +136,11 @@ async fn check_random_workload(settings: meterd::config::Settings, seed: u64) {
     app.wait_for_requests(events.len() as i64).await;
     for tenant in ["t0", "t1", "t2", "t3"] {
         let got = app.usage(tenant, &usage_window(now), app.admin_key()).await;
-        assert_eq!(got, expected_usage(&events, tenant, &rules), "tenant {tenant}");
+        assert_eq!(
+            got,
+            expected_usage(&events, tenant, &rules),
+            "tenant {tenant}"
+        );
     }
 }
 
@@ -155,22 +168,47 @@ async fn day_and_month_granularity_sum_the_hours() {
         json!({"id": id, "tenant": "acme", "function": f, "timestamp": ts.to_rfc3339(),
                "duration_ms": 1000, "memory_mb": 1024})
     };
-    app.publish_json(&json!([event("a", hour, "f"), event("b", hour - Duration::hours(1), "f"), event("c", hour - Duration::hours(1), "g")])).await;
+    app.publish_json(&json!([
+        event("a", hour, "f"),
+        event("b", hour - Duration::hours(1), "f"),
+        event("c", hour - Duration::hours(1), "g")
+    ]))
+    .await;
     app.wait_for_requests(3).await;
     let from = (hour - Duration::days(40)).format("%Y-%m-%dT%H:00:00Z");
     let to = (hour + Duration::hours(1)).format("%Y-%m-%dT%H:00:00Z");
     let (status, body) = app
-        .get(&format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=month"), Some(app.admin_key()))
+        .get(
+            &format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=month"),
+            Some(app.admin_key()),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    let total: u64 = body["data"].as_array().unwrap().iter().map(|r| r["requests"].as_str().unwrap().parse::<u64>().unwrap()).sum();
+    let total: u64 = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
     assert_eq!(total, 3);
-    assert!(body["data"][0].get("function").is_none(), "ungrouped rows carry no function: {body}");
+    assert!(
+        body["data"][0].get("function").is_none(),
+        "ungrouped rows carry no function: {body}"
+    );
     let first = &body["data"][0];
-    assert!(first["bucket_start"].as_str().unwrap().ends_with("-01T00:00:00Z"), "{first}");
+    assert!(
+        first["bucket_start"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01T00:00:00Z"),
+        "{first}"
+    );
     // 1 s at 1 GB is 1 GB-s per event.
     let (_, body) = app
-        .get(&format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=day&function=g"), Some(app.admin_key()))
+        .get(
+            &format!("/v1/tenants/acme/usage?from={from}&to={to}&granularity=day&function=g"),
+            Some(app.admin_key()),
+        )
         .await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["data"][0]["compute"], "1");
@@ -185,7 +223,8 @@ async fn duplicates_count_once_whatever_their_other_fields_say() {
     let e = |id: &str, duration: u64| json!({"id": id, "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": duration, "memory_mb": 128});
     // Within one message, across messages, with altered fields, and the same id for
     // another tenant (which is a different event).
-    app.publish_json(&json!([e("1", 100), e("1", 100), e("2", 100)])).await;
+    app.publish_json(&json!([e("1", 100), e("1", 100), e("2", 100)]))
+        .await;
     app.publish_json(&e("1", 999)).await;
     app.publish_json(&json!([e("2", 5), e("3", 100)])).await;
     let mut other = e("1", 100);
@@ -195,11 +234,17 @@ async fn duplicates_count_once_whatever_their_other_fields_say() {
     // A last distinct event proves everything before it was processed.
     app.publish_json(&e("4", 100)).await;
     app.wait_for_requests(5).await;
-    let (_, ms): (i64, rust_decimal::Decimal) = sqlx::query_as("SELECT sum(requests)::int8, sum(billed_ms) FROM usage_hourly WHERE tenant = 'acme'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(ms, Decimal::from(400), "the altered duplicates must not count");
+    let (_, ms): (i64, rust_decimal::Decimal) = sqlx::query_as(
+        "SELECT sum(requests)::int8, sum(billed_ms) FROM usage_hourly WHERE tenant = 'acme'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ms,
+        Decimal::from(400),
+        "the altered duplicates must not count"
+    );
     assert_eq!(app.metrics().events_duplicate.get(), 3);
     assert_eq!(app.metrics().events_accepted.get(), 5);
 }
@@ -224,23 +269,66 @@ async fn every_poison_class_is_dead_lettered_with_its_code_and_original_body() {
         (vec![0xc3, 0x28], "invalid_json"),
         (b"[]".to_vec(), "invalid_shape"),
         (b"\"event\"".to_vec(), "invalid_shape"),
-        (serde_json::to_vec(&json!([good("a"), 5])).unwrap(), "invalid_shape"),
-        (serde_json::to_vec(&with("timestamp", json!((now - Duration::days(91)).to_rfc3339()))).unwrap(), "too_old"),
-        (serde_json::to_vec(&with("timestamp", json!((now + Duration::minutes(10)).to_rfc3339()))).unwrap(), "in_future"),
-        (serde_json::to_vec(&Value::Array(vec![good("m"); 10_001])).unwrap(), "too_many_events"),
+        (
+            serde_json::to_vec(&json!([good("a"), 5])).unwrap(),
+            "invalid_shape",
+        ),
+        (
+            serde_json::to_vec(&with(
+                "timestamp",
+                json!((now - Duration::days(91)).to_rfc3339()),
+            ))
+            .unwrap(),
+            "too_old",
+        ),
+        (
+            serde_json::to_vec(&with(
+                "timestamp",
+                json!((now + Duration::minutes(10)).to_rfc3339()),
+            ))
+            .unwrap(),
+            "in_future",
+        ),
+        (
+            serde_json::to_vec(&Value::Array(vec![good("m"); 10_001])).unwrap(),
+            "too_many_events",
+        ),
         (vec![b' '; 4 * 1024 * 1024 + 1], "too_large"),
-        (serde_json::to_vec(&json!([good("b"), good("c"), with("memory_mb", json!(0))])).unwrap(), "invalid_value"),
+        (
+            serde_json::to_vec(&json!([good("b"), good("c"), with("memory_mb", json!(0))]))
+                .unwrap(),
+            "invalid_value",
+        ),
     ];
-    for field in ["id", "tenant", "function", "timestamp", "duration_ms", "memory_mb"] {
-        cases.push((serde_json::to_vec(&without(field)).unwrap(), "missing_field"));
+    for field in [
+        "id",
+        "tenant",
+        "function",
+        "timestamp",
+        "duration_ms",
+        "memory_mb",
+    ] {
+        cases.push((
+            serde_json::to_vec(&without(field)).unwrap(),
+            "missing_field",
+        ));
     }
     for (field, value) in [
-        ("id", json!("")), ("tenant", json!("bad tenant")), ("function", json!("a\u{7}b")),
-        ("timestamp", json!("2026-11-21 10:00")), ("duration_ms", json!(-1)),
-        ("duration_ms", json!(3_600_001)), ("init_duration_ms", json!("5")), ("memory_mb", json!(65_537)),
-        ("memory_mb", json!(1.5)), ("arch", json!("riscv")),
+        ("id", json!("")),
+        ("tenant", json!("bad tenant")),
+        ("function", json!("a\u{7}b")),
+        ("timestamp", json!("2026-11-21 10:00")),
+        ("duration_ms", json!(-1)),
+        ("duration_ms", json!(3_600_001)),
+        ("init_duration_ms", json!("5")),
+        ("memory_mb", json!(65_537)),
+        ("memory_mb", json!(1.5)),
+        ("arch", json!("riscv")),
     ] {
-        cases.push((serde_json::to_vec(&with(field, value)).unwrap(), "invalid_value"));
+        cases.push((
+            serde_json::to_vec(&with(field, value)).unwrap(),
+            "invalid_value",
+        ));
     }
     for (i, (body, _)) in cases.iter().enumerate() {
         app.publish(body).await;
@@ -250,14 +338,27 @@ async fn every_poison_class_is_dead_lettered_with_its_code_and_original_body() {
     let letters = app.dead_letters(cases.len()).await;
     for ((body, code), letter) in cases.iter().zip(&letters) {
         assert_eq!(&letter.code, code, "reason: {}", letter.reason);
-        assert!(&letter.body == body, "the dead letter's body must be the original ({code})");
+        assert!(
+            &letter.body == body,
+            "the dead letter's body must be the original ({code})"
+        );
         assert!(!letter.reason.is_empty());
     }
-    assert!(letters.iter().any(|l| l.reason.starts_with("events[2].memory_mb")), "array reasons name the index");
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.reason.starts_with("events[2].memory_mb")),
+        "array reasons name the index"
+    );
     app.wait_for_requests(cases.len() as i64).await;
     let dead: u64 = meterd::ingest::ErrorCode::ALL
         .iter()
-        .map(|c| app.metrics().messages_dead_lettered.with_label_values(&[c.as_str()]).get())
+        .map(|c| {
+            app.metrics()
+                .messages_dead_lettered
+                .with_label_values(&[c.as_str()])
+                .get()
+        })
         .sum();
     assert_eq!(dead, cases.len() as u64);
 }
@@ -268,18 +369,39 @@ async fn http_ingest_shares_validation_and_idempotency() {
     let ingest = app.issue_key("ingest", None).await;
     let ts = Utc::now().to_rfc3339();
     let e = |id: &str| json!({"id": id, "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": 1.5, "memory_mb": 128});
-    let (status, body) = app.post("/v1/events", Some(&ingest), &json!([e("1"), e("2"), e("1")])).await;
-    assert_eq!((status, body.clone()), (200, json!({"accepted": 2, "duplicates": 1})), "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            Some(&ingest),
+            &json!([e("1"), e("2"), e("1")]),
+        )
+        .await;
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"accepted": 2, "duplicates": 1})),
+        "{body}"
+    );
     let (status, body) = app.post("/v1/events", Some(app.admin_key()), &e("2")).await;
-    assert_eq!((status, body), (200, json!({"accepted": 0, "duplicates": 1})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"accepted": 0, "duplicates": 1}))
+    );
     assert_eq!(app.counted_requests().await, 2);
 
     let mut bad = e("3");
     bad["memory_mb"] = json!(0);
-    let (status, body) = app.post("/v1/events", Some(&ingest), &json!([e("3"), bad])).await;
+    let (status, body) = app
+        .post("/v1/events", Some(&ingest), &json!([e("3"), bad]))
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "invalid_value");
-    assert!(body["error"]["message"].as_str().unwrap().contains("events[1].memory_mb"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("events[1].memory_mb"),
+        "{body}"
+    );
     let res = app
         .http
         .post(format!("{}/v1/events", app.base_url))
@@ -291,10 +413,24 @@ async fn http_ingest_shares_validation_and_idempotency() {
     assert_eq!(res.status().as_u16(), 413);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_large");
-    let res = app.http.post(format!("{}/v1/events", app.base_url)).bearer_auth(&ingest).body("{oops").send().await.unwrap();
+    let res = app
+        .http
+        .post(format!("{}/v1/events", app.base_url))
+        .bearer_auth(&ingest)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 422);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
-    assert_eq!(app.counted_requests().await, 2, "rejected bodies count nothing");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_json"
+    );
+    assert_eq!(
+        app.counted_requests().await,
+        2,
+        "rejected bodies count nothing"
+    );
 
     let tenant = app.issue_key("tenant", Some("acme")).await;
     let (status, body) = app.post("/v1/events", Some(&tenant), &e("9")).await;

@@ -123,7 +123,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let Some(cause) = &self.cause {
-            tracing::error!(status = self.status.as_u16(), cause = format!("{cause:#}"), "request failed");
+            tracing::error!(
+                status = self.status.as_u16(),
+                cause = format!("{cause:#}"),
+                "request failed"
+            );
         }
         envelope(self.status, &self.code, &self.message)
     }
@@ -171,8 +175,11 @@ pub fn json_config() -> actix_web::web::JsonConfig {
 
 pub fn query_config() -> actix_web::web::QueryConfig {
     actix_web::web::QueryConfig::default().error_handler(|err, _req| {
-        ApiError::bad_request("invalid_parameter", format!("the query string is invalid: {err}"))
-            .into()
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("the query string is invalid: {err}"),
+        )
+        .into()
     })
 }
 

@@ -35,7 +35,10 @@ pub async fn create(
         None => {
             return Err(ApiError::unprocessable(
                 "invalid_value",
-                format!("role: must be finance, ingest or tenant (got {:?})", body.role),
+                format!(
+                    "role: must be finance, ingest or tenant (got {:?})",
+                    body.role
+                ),
             ));
         }
     };

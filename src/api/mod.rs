@@ -15,7 +15,7 @@ use actix_web::{
     App, HttpServer,
     body::MessageBody,
     dev::{Server, ServiceRequest, ServiceResponse},
-    middleware::{ErrorHandlers, from_fn, Next},
+    middleware::{ErrorHandlers, Next, from_fn},
     web,
 };
 use sqlx::PgPool;

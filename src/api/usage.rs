@@ -50,9 +50,8 @@ pub async fn get_usage(
     }
     let granularity = match params.granularity.as_deref() {
         None => Granularity::Hour,
-        Some(g) => Granularity::parse(g).ok_or_else(|| {
-            ApiError::bad_parameter("granularity", "must be hour, day or month")
-        })?,
+        Some(g) => Granularity::parse(g)
+            .ok_or_else(|| ApiError::bad_parameter("granularity", "must be hour, day or month"))?,
     };
     let (mut by_function, mut by_arch) = (false, false);
     for field in params.group_by.as_deref().unwrap_or("").split(',') {
@@ -139,7 +138,9 @@ impl Page {
                 .parse::<i64>()
                 .ok()
                 .filter(|l| (1..=1000).contains(l))
-                .ok_or_else(|| ApiError::bad_parameter("limit", "must be an integer from 1 to 1000"))?,
+                .ok_or_else(|| {
+                    ApiError::bad_parameter("limit", "must be an integer from 1 to 1000")
+                })?,
         };
         let offset = match cursor {
             None | Some("") => 0,

@@ -99,7 +99,10 @@ pub async fn run_consumer(
                 return;
             }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "broker session ended; reconnecting");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "broker session ended; reconnecting"
+                );
                 consumer.metrics.reconnects.inc();
                 if !pause(&mut backoff, &consumer.shutdown).await {
                     return;
@@ -192,8 +195,7 @@ impl Consumer {
             let mut batch = Batch::default();
             self.add(&mut batch, first)?;
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.events < s.batch_max_events && batch.received.len() < s.batch_max_messages
-            {
+            while batch.events < s.batch_max_events && batch.received.len() < s.batch_max_messages {
                 match tokio::time::timeout_at(deadline, deliveries.next()).await {
                     Err(_elapsed) => break,
                     Ok(next) => self.add(&mut batch, next)?,
@@ -320,7 +322,10 @@ impl Consumer {
                     return true;
                 }
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "recording a batch failed; retrying");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "recording a batch failed; retrying"
+                    );
                     if !pause(&mut backoff, &self.shutdown).await {
                         return false;
                     }

@@ -223,10 +223,7 @@ fn decode_event(
     let id = string_field(&path, "id", fields.id)?;
     let id_len = id.chars().count();
     if !(1..=128).contains(&id_len) {
-        return Err(path.invalid(
-            "id",
-            format!("must be 1 to 128 characters (got {id_len})"),
-        ));
+        return Err(path.invalid("id", format!("must be 1 to 128 characters (got {id_len})")));
     }
 
     let tenant = string_field(&path, "tenant", fields.tenant)?;
@@ -323,12 +320,8 @@ fn string_field(
     raw: Option<&RawValue>,
 ) -> Result<String, Rejection> {
     let raw = raw.ok_or_else(|| path.missing(field))?;
-    serde_json::from_str(raw.get()).map_err(|_| {
-        path.invalid(
-            field,
-            format!("must be a string (got {})", echo(raw.get())),
-        )
-    })
+    serde_json::from_str(raw.get())
+        .map_err(|_| path.invalid(field, format!("must be a string (got {})", echo(raw.get()))))
 }
 
 /// A JSON number read exactly from its text; `None` when absent or null.
@@ -396,7 +389,9 @@ mod tests {
         decode_message(v.to_string().as_bytes(), &MeteringRules::default(), now())
     }
 
-    fn rejection_with(mutate: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Rejection {
+    fn rejection_with(
+        mutate: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> Rejection {
         let mut e = event();
         mutate(e.as_object_mut().unwrap());
         decode(&e).unwrap_err()
@@ -413,7 +408,10 @@ mod tests {
         assert_eq!(e.init_duration_ms, Decimal::ZERO);
         assert_eq!(e.memory_mb, 1536);
         assert_eq!(e.arch, Arch::X86_64);
-        assert_eq!(e.timestamp, Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 30).unwrap() + Duration::milliseconds(123));
+        assert_eq!(
+            e.timestamp,
+            Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 30).unwrap() + Duration::milliseconds(123)
+        );
     }
 
     #[test]
@@ -421,11 +419,17 @@ mod tests {
         let body = br#"{"id":"e","tenant":"t","function":"f","timestamp":"2026-11-21T10:00:00+02:00",
             "duration_ms":0.1000000000000000000001,"init_duration_ms":1.5e2,"memory_mb":128.0,"arch":"arm64","extra":{"x":[1]}}"#;
         let e = &decode_message(body, &MeteringRules::default(), now()).unwrap()[0];
-        assert_eq!(e.duration_ms, Decimal::from_str("0.1000000000000000000001").unwrap());
+        assert_eq!(
+            e.duration_ms,
+            Decimal::from_str("0.1000000000000000000001").unwrap()
+        );
         assert_eq!(e.init_duration_ms, Decimal::from(150));
         assert_eq!(e.memory_mb, 128);
         assert_eq!(e.arch, Arch::Arm64);
-        assert_eq!(e.timestamp, Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap());
+        assert_eq!(
+            e.timestamp,
+            Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap()
+        );
     }
 
     #[test]
@@ -433,7 +437,10 @@ mod tests {
         let mut second = event();
         second["id"] = json!("e2");
         let events = decode(&json!([event(), second])).unwrap();
-        assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e1", "e2"]);
+        assert_eq!(
+            events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e1", "e2"]
+        );
     }
 
     #[test]
@@ -455,7 +462,14 @@ mod tests {
 
     #[test]
     fn each_missing_required_field_is_named() {
-        for field in ["id", "tenant", "function", "timestamp", "duration_ms", "memory_mb"] {
+        for field in [
+            "id",
+            "tenant",
+            "function",
+            "timestamp",
+            "duration_ms",
+            "memory_mb",
+        ] {
             let r = rejection_with(|e| {
                 e.remove(field);
             });
@@ -495,7 +509,12 @@ mod tests {
             let r = rejection_with(|e| {
                 e.insert(field.into(), value.clone());
             });
-            assert_eq!(r.code, ErrorCode::InvalidValue, "{field} = {value}: {}", r.reason);
+            assert_eq!(
+                r.code,
+                ErrorCode::InvalidValue,
+                "{field} = {value}: {}",
+                r.reason
+            );
             assert!(r.reason.starts_with(field), "{field}: {}", r.reason);
         }
     }
@@ -522,8 +541,14 @@ mod tests {
                 e.insert("timestamp".into(), json!(ts.to_rfc3339()));
             })
         };
-        assert_eq!(at(now() - Duration::days(90) - Duration::seconds(1)).code, ErrorCode::TooOld);
-        assert_eq!(at(now() + Duration::minutes(5) + Duration::seconds(1)).code, ErrorCode::InFuture);
+        assert_eq!(
+            at(now() - Duration::days(90) - Duration::seconds(1)).code,
+            ErrorCode::TooOld
+        );
+        assert_eq!(
+            at(now() + Duration::minutes(5) + Duration::seconds(1)).code,
+            ErrorCode::InFuture
+        );
         for ok in [now() - Duration::days(90), now() + Duration::minutes(5)] {
             let mut e = event();
             e["timestamp"] = json!(ok.to_rfc3339());

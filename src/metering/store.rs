@@ -323,7 +323,9 @@ impl<'a> BucketColumns<'a> {
         self.archs.push(arch);
         self.requests.push(sums.requests);
         // A batch sum is far below Decimal's 96-bit range (≤ 10⁶ events × 4.8·10¹¹).
-        self.billed_ms.push(Decimal::from_i128_with_scale(sums.billed_ms, 0));
-        self.mb_ms.push(Decimal::from_i128_with_scale(sums.mb_ms, 0));
+        self.billed_ms
+            .push(Decimal::from_i128_with_scale(sums.billed_ms, 0));
+        self.mb_ms
+            .push(Decimal::from_i128_with_scale(sums.mb_ms, 0));
     }
 }

@@ -88,9 +88,15 @@ pub async fn query_usage(
     db: impl PgExecutor<'_>,
     q: &UsageQuery,
 ) -> anyhow::Result<Vec<UsageTotals>> {
-    let rows: Vec<(DateTime<Utc>, Option<String>, Option<String>, String, String, String)> =
-        sqlx::query_as(
-            "SELECT date_trunc($2, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket_start,
+    let rows: Vec<(
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        String,
+    )> = sqlx::query_as(
+        "SELECT date_trunc($2, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket_start,
                     CASE WHEN $6 THEN function END AS function,
                     CASE WHEN $7 THEN arch END AS arch,
                     sum(requests)::text, sum(billed_ms)::text, sum(mb_ms)::text
@@ -100,30 +106,32 @@ pub async fn query_usage(
              GROUP BY 1, 2, 3
              ORDER BY 1, 2, 3
              LIMIT $8 OFFSET $9",
-        )
-        .bind(&q.tenant)
-        .bind(q.granularity.as_str())
-        .bind(q.from)
-        .bind(q.to)
-        .bind(q.function.as_deref())
-        .bind(q.by_function)
-        .bind(q.by_arch)
-        .bind(q.limit)
-        .bind(q.offset)
-        .fetch_all(db)
-        .await
-        .context("query usage buckets")?;
+    )
+    .bind(&q.tenant)
+    .bind(q.granularity.as_str())
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.function.as_deref())
+    .bind(q.by_function)
+    .bind(q.by_arch)
+    .bind(q.limit)
+    .bind(q.offset)
+    .fetch_all(db)
+    .await
+    .context("query usage buckets")?;
     rows.into_iter()
-        .map(|(bucket_start, function, arch, requests, billed_ms, mb_ms)| {
-            Ok(UsageTotals {
-                bucket_start,
-                function,
-                arch,
-                requests: requests.parse().context("requests sum")?,
-                billed_ms: billed_ms.parse().context("billed_ms sum")?,
-                mb_ms: mb_ms.parse().context("mb_ms sum")?,
-            })
-        })
+        .map(
+            |(bucket_start, function, arch, requests, billed_ms, mb_ms)| {
+                Ok(UsageTotals {
+                    bucket_start,
+                    function,
+                    arch,
+                    requests: requests.parse().context("requests sum")?,
+                    billed_ms: billed_ms.parse().context("billed_ms sum")?,
+                    mb_ms: mb_ms.parse().context("mb_ms sum")?,
+                })
+            },
+        )
         .collect()
 }
 
@@ -149,7 +157,10 @@ mod tests {
         assert_eq!(t.compute_gb_s().unwrap().to_string(), "540000");
         assert_eq!(t.duration_s().unwrap().to_string(), "360000");
         // One MB for one ms is 1/1,024,000 GB-s, exactly.
-        assert_eq!(totals(1, 1, 1).compute_gb_s().unwrap().to_string(), "0.0000009765625");
+        assert_eq!(
+            totals(1, 1, 1).compute_gb_s().unwrap().to_string(),
+            "0.0000009765625"
+        );
         assert_eq!(totals(1, 1, 1).duration_s().unwrap().to_string(), "0.001");
     }
 

@@ -51,18 +51,45 @@ pub fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("METERD__DATABASE__URL", s.database.url.clone()),
         ("METERD__AMQP__EXCHANGE", s.amqp.exchange.clone()),
         ("METERD__AMQP__QUEUE", s.amqp.queue.clone()),
-        ("METERD__AMQP__DEAD_LETTER_EXCHANGE", s.amqp.dead_letter_exchange.clone()),
-        ("METERD__AMQP__DEAD_LETTER_QUEUE", s.amqp.dead_letter_queue.clone()),
-        ("METERD__AMQP__CONNECTION_NAME", s.amqp.connection_name.clone()),
-        ("METERD__AMQP__BATCH_LINGER_MS", s.amqp.batch_linger_ms.to_string()),
+        (
+            "METERD__AMQP__DEAD_LETTER_EXCHANGE",
+            s.amqp.dead_letter_exchange.clone(),
+        ),
+        (
+            "METERD__AMQP__DEAD_LETTER_QUEUE",
+            s.amqp.dead_letter_queue.clone(),
+        ),
+        (
+            "METERD__AMQP__CONNECTION_NAME",
+            s.amqp.connection_name.clone(),
+        ),
+        (
+            "METERD__AMQP__BATCH_LINGER_MS",
+            s.amqp.batch_linger_ms.to_string(),
+        ),
         ("METERD__AMQP__PREFETCH", s.amqp.prefetch.to_string()),
-        ("METERD__AMQP__BATCH_MAX_MESSAGES", s.amqp.batch_max_messages.to_string()),
+        (
+            "METERD__AMQP__BATCH_MAX_MESSAGES",
+            s.amqp.batch_max_messages.to_string(),
+        ),
         ("METERD__HTTP__ADDR", s.http.addr.clone()),
         ("METERD__AUTH__ADMIN_KEY", s.auth.admin_key.clone()),
-        ("METERD__METERING__DURATION_GRANULARITY_MS", m.duration_granularity_ms.to_string()),
-        ("METERD__METERING__MIN_DURATION_MS", m.min_duration_ms.to_string()),
-        ("METERD__METERING__MEMORY_GRANULARITY_MB", m.memory_granularity_mb.to_string()),
-        ("METERD__METERING__MIN_MEMORY_MB", m.min_memory_mb.to_string()),
+        (
+            "METERD__METERING__DURATION_GRANULARITY_MS",
+            m.duration_granularity_ms.to_string(),
+        ),
+        (
+            "METERD__METERING__MIN_DURATION_MS",
+            m.min_duration_ms.to_string(),
+        ),
+        (
+            "METERD__METERING__MEMORY_GRANULARITY_MB",
+            m.memory_granularity_mb.to_string(),
+        ),
+        (
+            "METERD__METERING__MIN_MEMORY_MB",
+            m.min_memory_mb.to_string(),
+        ),
     ];
     if let Some(ms) = s.amqp.queue_expires_ms {
         env.push(("METERD__AMQP__QUEUE_EXPIRES_MS", ms.to_string()));
@@ -119,10 +146,7 @@ impl TestApp {
 
     /// Publishes a raw body to the usage exchange, persistent, and waits for the broker.
     pub async fn publish(&self, body: &[u8]) {
-        self.channel
-            .confirm_select(Default::default())
-            .await
-            .ok();
+        self.channel.confirm_select(Default::default()).await.ok();
         let confirm = self
             .channel
             .basic_publish(
@@ -157,7 +181,13 @@ impl TestApp {
         self.send(reqwest::Method::POST, path, key, body).await
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base_url))
@@ -197,7 +227,11 @@ impl TestApp {
         let deadline = Instant::now() + DEADLINE;
         let mut letters = Vec::new();
         while letters.len() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} dead letters arrived", letters.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} dead letters arrived",
+                letters.len()
+            );
             let got = self
                 .channel
                 .basic_get(
@@ -208,7 +242,12 @@ impl TestApp {
                 .expect("basic.get");
             match got {
                 Some(message) => {
-                    let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+                    let headers = message
+                        .delivery
+                        .properties
+                        .headers()
+                        .clone()
+                        .unwrap_or_default();
                     let header = |name: &str| match headers.inner().get(name) {
                         Some(AMQPValue::LongString(s)) => s.to_string(),
                         other => panic!("header {name} missing or not a string: {other:?}"),
@@ -227,7 +266,12 @@ impl TestApp {
 
     /// Usage rows of a tenant as a map from (bucket_start, function, arch) to the three
     /// quantities, following cursors through every page.
-    pub async fn usage(&self, tenant: &str, query: &str, key: &str) -> BTreeMap<(String, String, String), [String; 3]> {
+    pub async fn usage(
+        &self,
+        tenant: &str,
+        query: &str,
+        key: &str,
+    ) -> BTreeMap<(String, String, String), [String; 3]> {
         let mut rows = BTreeMap::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -282,11 +326,17 @@ pub async fn wait_for_requests(pool: &sqlx::PgPool, expected: i64) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let n = counted_requests(pool).await;
-        assert!(n <= expected, "counted {n} requests, more than the {expected} sent");
+        assert!(
+            n <= expected,
+            "counted {n} requests, more than the {expected} sent"
+        );
         if n == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "only {n} of {expected} requests counted in time");
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {expected} requests counted in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -301,7 +351,8 @@ async fn response(res: reqwest::Response) -> (u16, Value) {
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(app) = self.app.take() {
-            drop(app); // tasks end with the test's runtime
+            // Stop the consumer first, or it would re-declare the queues we delete.
+            app.cancel();
         }
         let settings = self.settings.clone();
         // Clean up on a separate runtime: this may run while the test's runtime unwinds.
@@ -317,23 +368,32 @@ impl Drop for TestApp {
     }
 }
 
+async fn delete_topology(settings: &Settings) -> anyhow::Result<()> {
+    let conn = meterd::ingest::topology::connect(&settings.amqp, "meterd-test-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    for q in [&settings.amqp.queue, &settings.amqp.dead_letter_queue] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for x in [&settings.amqp.exchange, &settings.amqp.dead_letter_exchange] {
+        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    conn.close(200, "bye".into()).await?;
+    Ok(())
+}
+
 /// Drops the test's database and deletes its queues and exchanges.
 pub async fn cleanup(settings: &Settings) {
-    if let Ok(conn) = meterd::ingest::topology::connect(&settings.amqp, "meterd-test-cleanup").await {
-        if let Ok(ch) = conn.create_channel().await {
-            for q in [&settings.amqp.queue, &settings.amqp.dead_letter_queue] {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-            }
-            for x in [&settings.amqp.exchange, &settings.amqp.dead_letter_exchange] {
-                let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
-            }
-        }
-        let _ = conn.close(200, "bye".into()).await;
+    if let Err(e) = delete_topology(settings).await {
+        eprintln!("test clean-up could not delete the queues: {e:#}");
     }
     let (base, name) = settings.database.url.rsplit_once('/').unwrap();
     if let Ok(mut conn) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
         let _ = conn
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
             .await;
     }
 }
