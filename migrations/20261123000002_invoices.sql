@@ -18,16 +18,19 @@ CREATE TABLE invoices (
     plan_id       TEXT COLLATE "C" NOT NULL,
     plan_version  INTEGER NOT NULL,
     total         NUMERIC NOT NULL,
-    -- The invoice exactly as the API serves it (lines, per-function split, …).
-    document      JSONB NOT NULL,
+    -- The invoice exactly as the API serves it (lines, per-function split, …), as text so
+    -- it is served byte for byte as it was finalized.
+    document      TEXT NOT NULL,
     finalized_at  TIMESTAMPTZ NOT NULL,
     UNIQUE (tenant, period)
 );
+CREATE INDEX invoices_newest_first ON invoices (tenant, period DESC, seq DESC);
 
 -- The usage each invoice billed, per period it billed (its own, and earlier periods it
 -- adjusted), function and arch: what late usage is measured against.
 CREATE TABLE invoice_usage (
     invoice_id  UUID NOT NULL REFERENCES invoices (id),
+    tenant      TEXT COLLATE "C" NOT NULL,
     for_period  DATE NOT NULL,
     function    TEXT COLLATE "C" NOT NULL,
     arch        TEXT COLLATE "C" NOT NULL,
@@ -36,17 +39,28 @@ CREATE TABLE invoice_usage (
     mb_ms       NUMERIC(38, 0) NOT NULL,
     PRIMARY KEY (invoice_id, for_period, function, arch)
 );
+CREATE INDEX invoice_usage_by_period ON invoice_usage (tenant, for_period);
 
 -- What each finalized invoice billed per charge for each period, so an adjustment is the
 -- re-rated period minus everything already billed for it.
 CREATE TABLE invoice_charges (
     invoice_id  UUID NOT NULL REFERENCES invoices (id),
+    tenant      TEXT COLLATE "C" NOT NULL,
     for_period  DATE NOT NULL,
     line_no     INTEGER NOT NULL,
     kind        TEXT NOT NULL CHECK (kind IN ('usage', 'adjustment', 'minimum')),
     charge      TEXT COLLATE "C",
     amount      NUMERIC NOT NULL,
     PRIMARY KEY (invoice_id, line_no)
+);
+CREATE INDEX invoice_charges_by_period ON invoice_charges (tenant, for_period);
+
+-- Periods whose finalization has begun (and, once every tenant is done, completed). Late
+-- usage for a period listed here is billed as adjustments on a later invoice.
+CREATE TABLE finalized_periods (
+    period        DATE PRIMARY KEY CHECK (extract(day FROM period) = 1),
+    started_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    completed_at  TIMESTAMPTZ
 );
 
 -- Finalized means final: the database itself refuses to change or remove it.

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, auth::hash_key};
+use crate::billing::store::{BillingConfig, run_finalizer};
 use crate::config::{DEV_ADMIN_KEY, Settings};
 use crate::ingest::{consumer::Backoff, run_consumer};
 use crate::metering::MeterStore;
@@ -81,6 +82,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let state = web::Data::new(AppState {
         admin_key_hash: hash_key(&settings.auth.admin_key),
+        billing: BillingConfig::from_settings(&settings),
         settings: settings.clone(),
         pool: pool.clone(),
         store: store.clone(),
@@ -99,6 +101,15 @@ pub async fn start(
         stop_http.cancelled().await;
         handle.stop(true).await;
     }));
+    if role != ServeRole::Consumer && settings.billing.auto_finalize {
+        tasks.push(tokio::spawn(run_finalizer(
+            pool.clone(),
+            BillingConfig::from_settings(&settings),
+            metrics.clone(),
+            Duration::from_secs(settings.billing.finalize_interval_secs),
+            shutdown.clone(),
+        )));
+    }
     if runs_consumer {
         tasks.push(tokio::spawn(run_consumer(
             settings.amqp.clone(),

@@ -65,6 +65,10 @@ pub struct BillingSettings {
     pub grace_period_secs: u64,
     pub default_plan: String,
     pub invoice_prefix: String,
+    /// Whether `serve` finalizes ended periods by itself.
+    pub auto_finalize: bool,
+    /// How often the finalizer looks for periods to finalize.
+    pub finalize_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

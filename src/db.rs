@@ -53,10 +53,14 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(connect_options(&settings.url)?))
 }
 
-/// Creates the database if needed and brings its schema up to date.
+/// Creates the database if needed, brings its schema up to date and seeds the `default` plan
+/// (unless a plan with that id was stored before).
 pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     create_database_if_missing(&settings.url).await?;
     let pool = pool(settings)?;
     MIGRATOR.run(&pool).await.context("run migrations")?;
+    crate::billing::plans::seed_default_plan(&pool)
+        .await
+        .context("seed the default plan")?;
     Ok(pool)
 }

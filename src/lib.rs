@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod billing;
 pub mod config;
 pub mod db;
 pub mod ingest;

@@ -36,6 +36,12 @@ enum Command {
     },
     /// Create the database if needed and apply migrations.
     Migrate,
+    /// Finalize a billing period now (idempotent): prints the outcome as JSON.
+    Finalize {
+        /// The period, YYYY-MM.
+        #[arg(long)]
+        period: String,
+    },
     /// Publish synthetic invocation records to the usage exchange.
     Loadgen(loadgen::LoadgenOptions),
     /// Price usage offline (no database): prints the invoice lines as JSON.
@@ -88,6 +94,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Price { plan, usage } => price(&plan, &usage),
+        Command::Finalize { period } => {
+            let period = meterd::billing::period::period_param("--period", &period)?;
+            let pool = meterd::db::migrate(&settings.database).await?;
+            let config = meterd::billing::store::BillingConfig::from_settings(&settings);
+            let outcome =
+                meterd::billing::store::finalize_period(&pool, &config, period, chrono::Utc::now())
+                    .await?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Ingest(options)) => {
             let report = bench::ingest(&settings, &options).await?;
             println!("{report}");

@@ -4,7 +4,10 @@ pub mod auth;
 pub mod error;
 mod events;
 mod health;
+mod invoices;
 mod keys;
+mod plans;
+mod tenants;
 mod usage;
 
 use std::net::TcpListener;
@@ -31,6 +34,7 @@ pub struct AppState {
     pub store: Arc<MeterStore>,
     pub metrics: Arc<Metrics>,
     pub admin_key_hash: Vec<u8>,
+    pub billing: crate::billing::store::BillingConfig,
     /// Whether this process runs the consumer (readiness then asks it about the broker).
     pub runs_consumer: bool,
 }
@@ -58,7 +62,29 @@ pub fn server(
                 web::scope("/v1")
                     .route("/events", web::post().to(events::ingest))
                     .route("/api-keys", web::post().to(keys::create))
-                    .route("/tenants/{tenant}/usage", web::get().to(usage::get_usage)),
+                    .route("/tenants/{tenant}/usage", web::get().to(usage::get_usage))
+                    .route("/tenants/{tenant}/invoices", web::get().to(invoices::list))
+                    .route(
+                        "/tenants/{tenant}/invoices/upcoming",
+                        web::get().to(invoices::upcoming),
+                    )
+                    .route(
+                        "/tenants/{tenant}/invoices/{number}",
+                        web::get().to(invoices::get),
+                    )
+                    .route("/billing/finalize", web::post().to(invoices::finalize))
+                    .route("/plans", web::get().to(plans::list_plans))
+                    .service(
+                        web::resource("/plans/{plan}")
+                            .get(plans::get_plan)
+                            .put(plans::put_plan),
+                    )
+                    .route("/tenants", web::get().to(tenants::list_tenants))
+                    .service(
+                        web::resource("/tenants/{tenant}")
+                            .get(tenants::get_tenant)
+                            .put(tenants::put_tenant),
+                    ),
             );
         }
         app.default_service(web::to(health::not_found))

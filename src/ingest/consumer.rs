@@ -122,12 +122,15 @@ struct Consumer {
 /// One delivery, decoded.
 enum Received {
     Events(Vec<UsageEvent>),
-    Poison {
-        rejection: Rejection,
-        body: Vec<u8>,
-        routing_key: String,
-        properties: BasicProperties,
-    },
+    Poison(Box<Poison>),
+}
+
+/// A delivery to dead-letter, with what republishing it unchanged needs.
+struct Poison {
+    rejection: Rejection,
+    body: Vec<u8>,
+    routing_key: String,
+    properties: BasicProperties,
 }
 
 #[derive(Default)]
@@ -223,12 +226,12 @@ impl Consumer {
                 batch.events += events.len();
                 batch.received.push(Received::Events(events));
             }
-            Err(rejection) => batch.received.push(Received::Poison {
+            Err(rejection) => batch.received.push(Received::Poison(Box::new(Poison {
                 rejection,
                 body: delivery.data,
                 routing_key: delivery.routing_key.to_string(),
                 properties: delivery.properties,
-            }),
+            }))),
         }
         Ok(())
     }
@@ -247,15 +250,7 @@ impl Consumer {
             for received in batch.received {
                 match received {
                     Received::Events(mut e) => events.append(&mut e),
-                    Received::Poison {
-                        rejection,
-                        body,
-                        routing_key,
-                        properties,
-                    } => {
-                        self.dead_letter(dead_letters, &rejection, &body, &routing_key, properties)
-                            .await?
-                    }
+                    Received::Poison(poison) => self.dead_letter(dead_letters, *poison).await?,
                 }
             }
             if !events.is_empty() && !self.record(&events).await {
@@ -271,14 +266,13 @@ impl Consumer {
     }
 
     /// Republishes a poison message unchanged, with the reason in its headers.
-    async fn dead_letter(
-        &self,
-        channel: &Channel,
-        rejection: &Rejection,
-        body: &[u8],
-        routing_key: &str,
-        properties: BasicProperties,
-    ) -> anyhow::Result<()> {
+    async fn dead_letter(&self, channel: &Channel, poison: Poison) -> anyhow::Result<()> {
+        let Poison {
+            rejection,
+            body,
+            routing_key,
+            properties,
+        } = poison;
         tracing::warn!(code = rejection.code.as_str(), reason = %rejection.reason, "dead-lettering a message");
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
@@ -293,8 +287,8 @@ impl Consumer {
         topology::publish_confirmed(
             channel,
             &self.settings.dead_letter_exchange,
-            routing_key,
-            body,
+            &routing_key,
+            &body,
             properties,
         )
         .await

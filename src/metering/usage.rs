@@ -58,20 +58,33 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    /// GB-s: MB·ms / 1,024,000. 1,024,000 = 2¹³·5³, so the quotient has at most 13
-    /// decimals: mb_ms × 9,765,625 at scale 13 is exact.
     pub fn compute_gb_s(&self) -> anyhow::Result<Decimal> {
-        scaled(self.mb_ms, 9_765_625, 13)
+        gb_seconds(self.mb_ms)
     }
 
-    /// Seconds: billed ms / 1000.
     pub fn duration_s(&self) -> anyhow::Result<Decimal> {
-        scaled(self.billed_ms, 1, 3)
+        seconds(self.billed_ms)
     }
 
     pub fn requests_decimal(&self) -> anyhow::Result<Decimal> {
-        scaled(self.requests, 1, 0)
+        count(self.requests)
     }
+}
+
+/// GB-s from MB·ms: / 1,024,000. 1,024,000 = 2¹³·5³, so the quotient has at most 13
+/// decimals: mb_ms × 9,765,625 at scale 13 is exact.
+pub fn gb_seconds(mb_ms: i128) -> anyhow::Result<Decimal> {
+    scaled(mb_ms, 9_765_625, 13)
+}
+
+/// Seconds from billed milliseconds.
+pub fn seconds(billed_ms: i128) -> anyhow::Result<Decimal> {
+    scaled(billed_ms, 1, 3)
+}
+
+/// A count as a decimal.
+pub fn count(n: i128) -> anyhow::Result<Decimal> {
+    scaled(n, 1, 0)
 }
 
 fn scaled(value: i128, factor: i128, scale: u32) -> anyhow::Result<Decimal> {
@@ -88,14 +101,15 @@ pub async fn query_usage(
     db: impl PgExecutor<'_>,
     q: &UsageQuery,
 ) -> anyhow::Result<Vec<UsageTotals>> {
-    let rows: Vec<(
+    type Row = (
         DateTime<Utc>,
         Option<String>,
         Option<String>,
         String,
         String,
         String,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT date_trunc($2, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket_start,
                     CASE WHEN $6 THEN function END AS function,
                     CASE WHEN $7 THEN arch END AS arch,

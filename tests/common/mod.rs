@@ -41,6 +41,8 @@ pub fn test_settings() -> Settings {
     s.amqp.batch_linger_ms = 5;
     s.http.addr = "127.0.0.1:0".to_owned();
     s.auth.admin_key = format!("admin-{tag}");
+    // Tests put usage in past periods and finalize them when they choose.
+    s.billing.auto_finalize = false;
     s
 }
 

@@ -1,0 +1,543 @@
+//! Invoices in the database: drafts computed on demand, finalization (by hand or by the
+//! finalizer task), and reading finalized invoices back.
+//!
+//! Finalizing a tenant's period is one transaction that first locks the tenant's row, so
+//! two finalizers (of the same or different periods) never bill the same late usage twice,
+//! and that takes the next invoice number from a single locked counter row just before it
+//! commits, so numbers have no gaps. What an invoice billed (usage per period, function and
+//! arch; amounts per period and charge) is stored beside it; late usage is what the
+//! buckets hold beyond that.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use super::invoice::{
+    BuiltInvoice, ClosedPeriod, Counters, InvoiceDocument, PeriodRange, PeriodUsage, PlanRef,
+    build_invoice,
+};
+use super::period::{format_period, next_period, period_start, period_start_instant};
+use super::plans::{load_plan, plan_id_for_period};
+use crate::rating::{Arch, Plan};
+
+/// How the billing code is configured.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub invoice_prefix: String,
+    pub grace_period: chrono::Duration,
+    /// How many periods back late usage can reach (from `metering.max_event_age_days`).
+    pub lookback_periods: u32,
+}
+
+impl BillingConfig {
+    pub fn from_settings(s: &crate::config::Settings) -> BillingConfig {
+        BillingConfig {
+            invoice_prefix: s.billing.invoice_prefix.clone(),
+            grace_period: chrono::Duration::seconds(s.billing.grace_period_secs as i64),
+            // An event may be max_event_age_days old, so a period can receive late usage until
+            // that long after it ends: months of 28 days, rounded up, plus the period itself.
+            lookback_periods: s.metering.max_event_age_days.div_ceil(28) + 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error("the period {0} has not ended yet")]
+    NotEnded(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// The result of finalizing a period.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FinalizeOutcome {
+    pub period: String,
+    /// Invoice numbers created by this call.
+    pub created: Vec<String>,
+    /// Invoices of the period that existed before this call.
+    pub existing: u64,
+}
+
+/// The open period's invoice as it stands now.
+pub async fn draft(
+    pool: &PgPool,
+    config: &BillingConfig,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<InvoiceDocument> {
+    let period = period_start(now);
+    let mut conn = pool.acquire().await?;
+    let (plan_id, version, plan) = plan_for(&mut conn, tenant, period).await?;
+    let usage = period_usage(&mut conn, tenant, period).await?;
+    let closed = closed_periods(&mut conn, config, tenant, period).await?;
+    let built = build_invoice(&plan, &usage, period, &closed, true)?;
+    Ok(document(
+        None,
+        None,
+        tenant,
+        period,
+        PlanRef {
+            id: plan_id,
+            version,
+        },
+        built,
+        None,
+    ))
+}
+
+/// Finalizes `period` for every tenant that has something to bill; idempotent.
+#[tracing::instrument(skip_all, fields(period = %format_period(period)))]
+pub async fn finalize_period(
+    pool: &PgPool,
+    config: &BillingConfig,
+    period: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<FinalizeOutcome, FinalizeError> {
+    let end = period_start_instant(next_period(period));
+    if end > now {
+        return Err(FinalizeError::NotEnded(format_period(period)));
+    }
+    sqlx::query("INSERT INTO finalized_periods (period) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(period)
+        .execute(pool)
+        .await
+        .context("mark the period")?;
+    // Any tenant may owe something: usage (also late usage that created it), adjustments,
+    // or a minimum if it was on a plan for the period (assigned from the period or earlier;
+    // a tenant created on first use is assigned from its first period); those with nothing
+    // to bill get no invoice.
+    let tenants: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT id, EXISTS (SELECT 1 FROM tenant_plans p WHERE p.tenant = t.id AND p.effective_from <= $1)
+         FROM tenants t ORDER BY id",
+    )
+    .bind(period)
+            .fetch_all(pool)
+            .await
+            .context("list tenants")?;
+    let mut outcome = FinalizeOutcome {
+        period: format_period(period),
+        ..FinalizeOutcome::default()
+    };
+    for (tenant, existed) in tenants {
+        match finalize_tenant(pool, config, &tenant, period, existed, now).await? {
+            Finalized::Created(number) => outcome.created.push(number),
+            Finalized::Existing => outcome.existing += 1,
+            Finalized::NothingToBill => {}
+        }
+    }
+    sqlx::query(
+        "UPDATE finalized_periods SET completed_at = $2 WHERE period = $1 AND completed_at IS NULL",
+    )
+    .bind(period)
+    .bind(now)
+    .execute(pool)
+    .await
+    .context("mark the period complete")?;
+    if !outcome.created.is_empty() {
+        tracing::info!(created = outcome.created.len(), "finalized invoices");
+    }
+    Ok(outcome)
+}
+
+enum Finalized {
+    Created(String),
+    Existing,
+    NothingToBill,
+}
+
+async fn finalize_tenant(
+    pool: &PgPool,
+    config: &BillingConfig,
+    tenant: &str,
+    period: NaiveDate,
+    existed: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Finalized> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .context("lock the tenant")?;
+    let existing: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1::int8 FROM invoices WHERE tenant = $1 AND period = $2
+         UNION ALL
+         SELECT 1::int8 FROM invoice_usage WHERE tenant = $1 AND for_period = $2
+         LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(period)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if existing.is_some() {
+        // Invoiced already, or (if finalization of this period was interrupted and a later
+        // period's invoice went first) billed as adjustments there.
+        return Ok(Finalized::Existing);
+    }
+    let (plan_id, version, plan) = plan_for(&mut tx, tenant, period).await?;
+    let usage = period_usage(&mut tx, tenant, period).await?;
+    let closed = closed_periods(&mut tx, config, tenant, period).await?;
+    let owes_minimum = existed || !usage.is_empty();
+    let built = build_invoice(&plan, &usage, period, &closed, owes_minimum)?;
+    if !built.bills_anything(&usage) {
+        return Ok(Finalized::NothingToBill);
+    }
+
+    let (seq,): (i64,) =
+        sqlx::query_as("UPDATE invoice_counter SET last = last + 1 RETURNING last")
+            .fetch_one(&mut *tx)
+            .await
+            .context("take an invoice number")?;
+    let number = format!("{}-{seq:08}", config.invoice_prefix);
+    let id = uuid::Uuid::new_v4();
+    let finalized_at = now.max(Utc::now());
+    let doc = document(
+        Some(id),
+        Some(number.clone()),
+        tenant,
+        period,
+        PlanRef {
+            id: plan_id.clone(),
+            version,
+        },
+        built.clone(),
+        Some(finalized_at),
+    );
+    let text = serde_json::to_string(&doc).context("serialize the invoice")?;
+    sqlx::query(
+        "INSERT INTO invoices (id, seq, number, tenant, period, currency, plan_id, plan_version,
+                               total, document, finalized_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(&number)
+    .bind(tenant)
+    .bind(period)
+    .bind(built.currency.as_str())
+    .bind(&plan_id)
+    .bind(version)
+    .bind(built.total)
+    .bind(&text)
+    .bind(finalized_at)
+    .execute(&mut *tx)
+    .await
+    .context("insert the invoice")?;
+    insert_billed(&mut tx, id, tenant, &built).await?;
+    tx.commit().await.context("commit the invoice")?;
+    Ok(Finalized::Created(number))
+}
+
+async fn insert_billed(
+    tx: &mut PgConnection,
+    invoice: uuid::Uuid,
+    tenant: &str,
+    built: &BuiltInvoice,
+) -> anyhow::Result<()> {
+    let (mut periods, mut functions, mut archs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut requests, mut billed_ms, mut mb_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for (period, usage) in &built.billed_usage {
+        for ((function, arch), c) in &usage.0 {
+            periods.push(*period);
+            functions.push(function.as_str());
+            archs.push(arch.as_str());
+            requests.push(i64::try_from(c.requests).context("requests overflow")?);
+            billed_ms.push(c.billed_ms.to_string());
+            mb_ms.push(c.mb_ms.to_string());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO invoice_usage (invoice_id, tenant, for_period, function, arch, requests, billed_ms, mb_ms)
+         SELECT $1, $2, * FROM unnest($3::date[], $4::text[], $5::text[], $6::int8[], $7::numeric[], $8::numeric[])",
+    )
+    .bind(invoice)
+    .bind(tenant)
+    .bind(&periods)
+    .bind(&functions)
+    .bind(&archs)
+    .bind(&requests)
+    .bind(&billed_ms)
+    .bind(&mb_ms)
+    .execute(&mut *tx)
+    .await
+    .context("record the billed usage")?;
+    let charges = &built.billed_charges;
+    sqlx::query(
+        "INSERT INTO invoice_charges (invoice_id, tenant, for_period, line_no, kind, charge, amount)
+         SELECT $1, $2, * FROM unnest($3::date[], $4::int4[], $5::text[], $6::text[], $7::numeric[])",
+    )
+    .bind(invoice)
+    .bind(tenant)
+    .bind(charges.iter().map(|c| c.for_period).collect::<Vec<_>>())
+    .bind((1..=charges.len() as i32).collect::<Vec<_>>())
+    .bind(charges.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>())
+    .bind(charges.iter().map(|c| c.charge.clone()).collect::<Vec<_>>())
+    .bind(charges.iter().map(|c| c.amount).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .context("record the billed amounts")?;
+    Ok(())
+}
+
+fn document(
+    id: Option<uuid::Uuid>,
+    number: Option<String>,
+    tenant: &str,
+    period: NaiveDate,
+    plan: PlanRef,
+    built: BuiltInvoice,
+    finalized_at: Option<DateTime<Utc>>,
+) -> InvoiceDocument {
+    InvoiceDocument {
+        status: if number.is_some() {
+            "finalized"
+        } else {
+            "draft"
+        },
+        id,
+        number,
+        tenant: tenant.to_owned(),
+        period: PeriodRange::of(period),
+        currency: built.currency,
+        plan,
+        lines: built.lines,
+        functions: built.functions,
+        total: built.total,
+        finalized_at,
+    }
+}
+
+/// The plan in force for a tenant's period, at its latest version.
+async fn plan_for(
+    conn: &mut PgConnection,
+    tenant: &str,
+    period: NaiveDate,
+) -> anyhow::Result<(String, i32, Plan)> {
+    let plan_id = plan_id_for_period(&mut *conn, tenant, period)
+        .await?
+        .with_context(|| format!("tenant {tenant} has no plan"))?;
+    let (version, plan) = load_plan(&mut *conn, &plan_id, None)
+        .await?
+        .with_context(|| format!("plan {plan_id} does not exist"))?;
+    Ok((plan_id, version, plan))
+}
+
+type UsageRowText = (String, String, i64, String, String);
+
+fn usage_from_rows(rows: Vec<UsageRowText>) -> anyhow::Result<PeriodUsage> {
+    let mut usage = BTreeMap::new();
+    for (function, arch, requests, billed_ms, mb_ms) in rows {
+        let arch: Arch = arch.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        usage.insert(
+            (function, arch),
+            Counters {
+                requests: i128::from(requests),
+                billed_ms: billed_ms.parse().context("billed_ms")?,
+                mb_ms: mb_ms.parse().context("mb_ms")?,
+            },
+        );
+    }
+    Ok(PeriodUsage(usage))
+}
+
+async fn period_usage(
+    conn: &mut PgConnection,
+    tenant: &str,
+    period: NaiveDate,
+) -> anyhow::Result<PeriodUsage> {
+    let rows: Vec<UsageRowText> = sqlx::query_as(
+        "SELECT function, arch, requests, billed_ms::text, mb_ms::text
+         FROM usage_monthly WHERE tenant = $1 AND period = $2",
+    )
+    .bind(tenant)
+    .bind(period)
+    .fetch_all(&mut *conn)
+    .await
+    .context("read the period's usage")?;
+    usage_from_rows(rows)
+}
+
+/// Earlier finalized periods that late usage can still reach, with what was billed.
+async fn closed_periods(
+    conn: &mut PgConnection,
+    config: &BillingConfig,
+    tenant: &str,
+    period: NaiveDate,
+) -> anyhow::Result<Vec<ClosedPeriod>> {
+    let earliest = period
+        .checked_sub_months(chrono::Months::new(config.lookback_periods))
+        .context("period out of range")?;
+    let periods: Vec<(NaiveDate,)> = sqlx::query_as(
+        "SELECT period FROM finalized_periods WHERE period < $1 AND period >= $2 ORDER BY period",
+    )
+    .bind(period)
+    .bind(earliest)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut closed = Vec::new();
+    for (p,) in periods {
+        let usage_now = period_usage(conn, tenant, p).await?;
+        if usage_now.is_empty() {
+            continue;
+        }
+        let billed: Vec<UsageRowText> = sqlx::query_as(
+            "SELECT function, arch, sum(requests)::int8, sum(billed_ms)::text, sum(mb_ms)::text
+             FROM invoice_usage WHERE tenant = $1 AND for_period = $2 GROUP BY 1, 2",
+        )
+        .bind(tenant)
+        .bind(p)
+        .fetch_all(&mut *conn)
+        .await?;
+        let billed_usage = usage_from_rows(billed)?;
+        if billed_usage == usage_now {
+            continue;
+        }
+        let amounts: Vec<(Option<String>, Decimal)> = sqlx::query_as(
+            "SELECT charge, sum(amount) FROM invoice_charges
+             WHERE tenant = $1 AND for_period = $2 GROUP BY charge",
+        )
+        .bind(tenant)
+        .bind(p)
+        .fetch_all(&mut *conn)
+        .await?;
+        // Re-rate with the plan version the period was invoiced with; never invoiced, with
+        // the plan in force for it now.
+        let invoiced: Option<(String, i32)> = sqlx::query_as(
+            "SELECT plan_id, plan_version FROM invoices WHERE tenant = $1 AND period = $2",
+        )
+        .bind(tenant)
+        .bind(p)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let plan = match invoiced {
+            Some((id, version)) => {
+                load_plan(&mut *conn, &id, Some(version))
+                    .await?
+                    .with_context(|| format!("plan {id} v{version} vanished"))?
+                    .1
+            }
+            None => plan_for(conn, tenant, p).await?.2,
+        };
+        closed.push(ClosedPeriod {
+            period: p,
+            plan,
+            usage_now,
+            billed_usage,
+            billed_amounts: amounts.into_iter().collect(),
+        });
+    }
+    Ok(closed)
+}
+
+/// A finalized invoice's stored JSON, if the tenant has one with that number.
+pub async fn invoice_document(
+    pool: &PgPool,
+    tenant: &str,
+    number: &str,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT document FROM invoices WHERE tenant = $1 AND number = $2")
+            .bind(tenant)
+            .bind(number)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(d,)| d))
+}
+
+/// A summary row of the invoice list.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct InvoiceSummary {
+    pub id: uuid::Uuid,
+    pub number: String,
+    pub status: String,
+    #[sqlx(skip)]
+    pub period: String,
+    #[serde(skip)]
+    pub period_date: NaiveDate,
+    pub currency: String,
+    pub total: Decimal,
+    pub finalized_at: DateTime<Utc>,
+}
+
+/// The tenant's finalized invoices, newest first.
+pub async fn list_invoices(
+    pool: &PgPool,
+    tenant: &str,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<InvoiceSummary>> {
+    let mut rows: Vec<InvoiceSummary> = sqlx::query_as(
+        "SELECT id, number, 'finalized' AS status, period AS period_date, currency, total, finalized_at
+         FROM invoices WHERE tenant = $1 ORDER BY period DESC, seq DESC LIMIT $2 OFFSET $3",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    for r in &mut rows {
+        r.period = format_period(r.period_date);
+    }
+    Ok(rows)
+}
+
+/// Finalizes every ended period (past the grace period) that late usage can still reach,
+/// every `interval`, until shutdown.
+pub async fn run_finalizer(
+    pool: PgPool,
+    config: BillingConfig,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match finalize_due(&pool, &config, Utc::now()).await {
+            Ok(created) => metrics.invoices_finalized.inc_by(created),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "finalizer pass failed; will retry"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One finalizer pass: returns how many invoices it created.
+pub async fn finalize_due(
+    pool: &PgPool,
+    config: &BillingConfig,
+    now: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let mut period = period_start(now - config.grace_period)
+        .checked_sub_months(chrono::Months::new(config.lookback_periods))
+        .context("period out of range")?;
+    let mut created = 0;
+    loop {
+        let end = period_start_instant(next_period(period));
+        if end + config.grace_period > now {
+            return Ok(created);
+        }
+        let done: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM finalized_periods WHERE period = $1 AND completed_at IS NOT NULL",
+        )
+        .bind(period)
+        .fetch_optional(pool)
+        .await?;
+        if done.is_none() {
+            let outcome = finalize_period(pool, config, period, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            created += outcome.created.len() as u64;
+        }
+        period = next_period(period);
+    }
+}

@@ -1,0 +1,651 @@
+//! Invoices: drafts, finalization, numbering, late usage, immutability, the billing API.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use common::{TestApp, spawn_app};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::{Value, json};
+
+/// A plan simple enough to price by hand: requests at 0.001 after 5 free; compute graduated
+/// 0.05 up to 10 GB-s, then 0.02.
+fn simple_plan(minimum: &str) -> Value {
+    json!({
+        "name": "simple", "currency": "USD",
+        "allowances": [{"meter": "requests", "quantity": "5"}],
+        "charges": [
+            {"key": "requests", "meter": "requests", "model": "unit", "unit_price": "0.001"},
+            {"key": "compute", "meter": "compute", "model": "graduated",
+             "tiers": [{"up_to": "10", "unit_price": "0.05"}, {"up_to": null, "unit_price": "0.02"}]}
+        ],
+        "minimum_charge": minimum
+    })
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn cents(x: Decimal) -> Decimal {
+    x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Independent pricing of `simple_plan`: (requests amount, compute amount) for `n` events of
+/// 1024 MB whose durations sum to `ms` (so compute is ms / 1000 GB-s).
+fn expected_amounts(n: u64, ms: u64) -> (Decimal, Decimal) {
+    let requests = cents(Decimal::from(n.saturating_sub(5)) * d("0.001"));
+    let q = Decimal::from(ms) / Decimal::from(1000);
+    let compute = cents(q.min(d("10")) * d("0.05") + (q - d("10")).max(Decimal::ZERO) * d("0.02"));
+    (requests, compute)
+}
+
+fn period_of(t: DateTime<Utc>) -> NaiveDate {
+    NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap()
+}
+
+fn months_back(n: u32) -> NaiveDate {
+    period_of(Utc::now())
+        .checked_sub_months(chrono::Months::new(n))
+        .unwrap()
+}
+
+fn label(p: NaiveDate) -> String {
+    format!("{:04}-{:02}", p.year(), p.month())
+}
+
+/// A moment inside period `p` that is not in the future.
+fn inside(p: NaiveDate, day: u32) -> DateTime<Utc> {
+    let t = Utc
+        .with_ymd_and_hms(p.year(), p.month(), day.min(28), 12, 0, 0)
+        .unwrap();
+    t.min(Utc::now() - Duration::minutes(1))
+}
+
+struct Usage {
+    app_events: Vec<Value>,
+}
+
+impl Usage {
+    fn new() -> Self {
+        Usage {
+            app_events: Vec::new(),
+        }
+    }
+
+    /// Adds `n` events of 1024 MB at `at`, with durations 1..; returns the ms they sum to.
+    fn add(
+        &mut self,
+        tenant: &str,
+        function: &str,
+        at: DateTime<Utc>,
+        n: u64,
+        first_id: u64,
+    ) -> u64 {
+        let mut ms = 0;
+        for i in 0..n {
+            let duration = 100 + (first_id + i) % 900;
+            ms += duration;
+            self.app_events.push(json!({
+                "id": format!("{tenant}-{function}-{}", first_id + i), "tenant": tenant, "function": function,
+                "timestamp": at.to_rfc3339(), "duration_ms": duration, "memory_mb": 1024,
+            }));
+        }
+        ms
+    }
+
+    async fn send(self, app: &TestApp) {
+        for chunk in self.app_events.chunks(5000) {
+            let (status, body) = app
+                .post(
+                    "/v1/events",
+                    Some(app.admin_key()),
+                    &Value::Array(chunk.to_vec()),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+}
+
+async fn put_plan(app: &TestApp, id: &str, plan: &Value) {
+    let (status, body) = app
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/plans/{id}"),
+            Some(app.admin_key()),
+            plan,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn put_tenant(app: &TestApp, tenant: &str, plan: &str, from: NaiveDate) {
+    let (status, body) = app
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/tenants/{tenant}"),
+            Some(app.admin_key()),
+            &json!({"plan_id": plan, "effective_from": label(from)}),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+}
+
+async fn finalize(app: &TestApp, p: NaiveDate) -> Value {
+    let (status, body) = app
+        .post(
+            "/v1/billing/finalize",
+            Some(app.admin_key()),
+            &json!({"period": label(p)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn invoices(app: &TestApp, tenant: &str) -> Vec<Value> {
+    let (status, body) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/invoices"),
+            Some(app.admin_key()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+async fn invoice(app: &TestApp, tenant: &str, number: &str) -> Value {
+    let (status, body) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/invoices/{number}"),
+            Some(app.admin_key()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn line<'a>(doc: &'a Value, kind: &str, charge: Option<&str>) -> Option<&'a Value> {
+    doc["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == kind && l["charge"].as_str() == charge)
+}
+
+fn amount(v: &Value) -> Decimal {
+    d(v.as_str()
+        .unwrap_or_else(|| panic!("not a money string: {v}")))
+}
+
+/// The per-function split and the lines both sum exactly to the total.
+fn assert_sums(doc: &Value) {
+    let total = amount(&doc["total"]);
+    let lines: Decimal = doc["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| amount(&l["amount"]))
+        .sum();
+    let functions: Decimal = doc["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| amount(&f["amount"]))
+        .sum();
+    assert_eq!(lines, total, "lines must sum to the total: {doc}");
+    assert_eq!(functions, total, "functions must sum to the total: {doc}");
+    assert_eq!(
+        doc["total"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .map(str::len),
+        Some(2),
+        "USD has two minor digits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_and_finalized_invoices_match_an_independent_expectation() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let (p2, p1, p0) = (months_back(2), months_back(1), months_back(0));
+    put_tenant(&app, "acme", "simple", p2).await;
+    let mut usage = Usage::new();
+    let ms2 = usage.add("acme", "resize", inside(p2, 10), 40, 0)
+        + usage.add("acme", "thumb", inside(p2, 20), 7, 100);
+    let ms1 = usage.add("acme", "resize", inside(p1, 3), 300, 200);
+    let ms0 = usage.add("acme", "resize", inside(p0, 1), 12, 1000);
+    usage.send(&app).await;
+
+    // The draft prices the open period only.
+    let (status, draft) = app
+        .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
+        .await;
+    assert_eq!(status, 200, "{draft}");
+    assert_eq!(draft["status"], "draft");
+    assert_eq!(draft["number"], Value::Null);
+    let (req0, comp0) = expected_amounts(12, ms0);
+    assert_eq!(amount(&draft["total"]), req0 + comp0, "{draft}");
+    assert_sums(&draft);
+
+    let first = finalize(&app, p2).await;
+    assert_eq!(first["created"].as_array().unwrap().len(), 1, "{first}");
+    let again = finalize(&app, p2).await;
+    assert_eq!(
+        again["created"],
+        json!([]),
+        "finalizing twice creates nothing"
+    );
+    assert_eq!(again["existing"], 1);
+    finalize(&app, p1).await;
+
+    let list = invoices(&app, "acme").await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["period"], label(p1), "newest first");
+    assert_eq!(list[1]["period"], label(p2));
+    for (summary, n, ms) in [(&list[1], 47, ms2), (&list[0], 300, ms1)] {
+        let doc = invoice(&app, "acme", summary["number"].as_str().unwrap()).await;
+        let (req, comp) = expected_amounts(n, ms);
+        assert_eq!(
+            amount(&line(&doc, "usage", Some("requests")).unwrap()["amount"]),
+            req,
+            "{doc}"
+        );
+        assert_eq!(
+            amount(&line(&doc, "usage", Some("compute")).unwrap()["amount"]),
+            comp,
+            "{doc}"
+        );
+        assert_eq!(amount(&doc["total"]), req + comp);
+        assert_eq!(doc["status"], "finalized");
+        assert_eq!(doc["plan"], json!({"id": "simple", "version": 1}));
+        assert_eq!(doc["total"], summary["total"]);
+        assert_sums(&doc);
+    }
+    let p2_doc = invoice(&app, "acme", list[1]["number"].as_str().unwrap()).await;
+    assert_eq!(
+        line(&p2_doc, "usage", Some("requests")).unwrap()["quantity"],
+        "47"
+    );
+    assert_eq!(
+        line(&p2_doc, "usage", Some("requests")).unwrap()["allowance"],
+        "5"
+    );
+    let fns: BTreeMap<String, Decimal> = p2_doc["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap().to_owned(),
+                amount(&f["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(fns.keys().collect::<Vec<_>>(), ["resize", "thumb"]);
+    assert!(
+        fns["resize"] > fns["thumb"],
+        "resize used far more: {fns:?}"
+    );
+    // A period that has not ended cannot be finalized.
+    let (status, body) = app
+        .post(
+            "/v1/billing/finalize",
+            Some(app.admin_key()),
+            &json!({"period": label(p0)}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/billing/finalize",
+            Some(app.admin_key()),
+            &json!({"period": "2026-13"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("period"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_finalizations_number_each_invoice_once_without_gaps() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let p1 = months_back(1);
+    let mut usage = Usage::new();
+    for t in 0..12 {
+        put_tenant(&app, &format!("t{t:02}"), "simple", p1).await;
+        usage.add(&format!("t{t:02}"), "f", inside(p1, 5), 3, 0);
+    }
+    usage.send(&app).await;
+    let calls = (0..8).map(|_| finalize(&app, p1));
+    let outcomes = futures_util::future::join_all(calls).await;
+    let created: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| {
+            o["created"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        created.len(),
+        12,
+        "each tenant's invoice is created exactly once: {outcomes:?}"
+    );
+    let mut numbers: Vec<u64> = created
+        .iter()
+        .map(|n| n.strip_prefix("INV-").unwrap().parse().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        (1..=12).collect::<Vec<u64>>(),
+        "gapless, no duplicates"
+    );
+    assert!(created.iter().all(|n| n.len() == "INV-00000001".len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_is_billed_once_as_adjustments_and_never_changes_an_invoice() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let (p2, p1) = (months_back(2), months_back(1));
+    put_tenant(&app, "acme", "simple", p2).await;
+    let mut usage = Usage::new();
+    let ms2 = usage.add("acme", "resize", inside(p2, 10), 20, 0);
+    let ms1 = usage.add("acme", "resize", inside(p1, 10), 10, 500);
+    usage.send(&app).await;
+    let created = finalize(&app, p2).await["created"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/v1/tenants/acme/invoices/{created}", app.base_url);
+    let original = app
+        .http
+        .get(&url)
+        .bearer_auth(app.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    // Late usage for the finalized period, from a new function too.
+    let mut late = Usage::new();
+    let late_ms = late.add("acme", "resize", inside(p2, 11), 30, 10_000)
+        + late.add("acme", "late-fn", inside(p2, 12), 4, 20_000);
+    late.send(&app).await;
+    let next = finalize(&app, p1).await["created"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc = invoice(&app, "acme", &next).await;
+    let (req_before, comp_before) = expected_amounts(20, ms2);
+    let (req_after, comp_after) = expected_amounts(54, ms2 + late_ms);
+    let adj_requests = line(&doc, "adjustment", Some("requests"))
+        .unwrap_or_else(|| panic!("a requests adjustment: {doc}"));
+    let adj_compute = line(&doc, "adjustment", Some("compute")).expect("a compute adjustment");
+    assert_eq!(adj_requests["for_period"], label(p2));
+    assert_eq!(amount(&adj_requests["amount"]), req_after - req_before);
+    assert_eq!(amount(&adj_compute["amount"]), comp_after - comp_before);
+    assert_eq!(adj_requests["quantity"], "34", "the late quantity");
+    let (req1, comp1) = expected_amounts(10, ms1);
+    assert_eq!(
+        amount(&doc["total"]),
+        req1 + comp1 + (req_after - req_before) + (comp_after - comp_before)
+    );
+    assert_sums(&doc);
+    assert!(
+        doc["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function"] == "late-fn")
+    );
+
+    let again = app
+        .http
+        .get(&url)
+        .bearer_auth(app.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(original, again, "the finalized invoice is byte-identical");
+
+    // A second late batch shows up once, on the next (draft) invoice, and the first batch
+    // is not billed again.
+    let mut late2 = Usage::new();
+    let late2_ms = late2.add("acme", "resize", inside(p2, 13), 6, 30_000);
+    late2.send(&app).await;
+    let (_, draft) = app
+        .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
+        .await;
+    let (req_final, comp_final) = expected_amounts(60, ms2 + late_ms + late2_ms);
+    let draft_adjustments: Decimal = draft["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "adjustment")
+        .map(|l| amount(&l["amount"]))
+        .sum();
+    assert_eq!(
+        draft_adjustments,
+        (req_final - req_after) + (comp_final - comp_after),
+        "{draft}"
+    );
+    assert_sums(&draft);
+    // Re-finalizing the earlier periods changes nothing.
+    assert_eq!(finalize(&app, p2).await["created"], json!([]));
+    assert_eq!(finalize(&app, p1).await["created"], json!([]));
+    assert_eq!(invoices(&app, "acme").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_to_change_a_finalized_invoice() {
+    let app = spawn_app().await;
+    let p1 = months_back(1);
+    let mut usage = Usage::new();
+    usage.add("acme", "f", inside(p1, 2), 3, 0);
+    usage.send(&app).await;
+    put_tenant(&app, "acme", "default", p1).await;
+    finalize(&app, p1).await;
+    for sql in [
+        "UPDATE invoices SET total = 0",
+        "UPDATE invoices SET document = '{}'",
+        "DELETE FROM invoices",
+        "UPDATE invoice_usage SET requests = 0",
+        "DELETE FROM invoice_charges",
+        "TRUNCATE invoices CASCADE",
+    ] {
+        let err = sqlx::query(sql).execute(&app.pool).await.expect_err(sql);
+        assert!(
+            err.to_string()
+                .contains("finalized invoices cannot be changed"),
+            "{sql}: {err}"
+        );
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM invoices")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_charges_top_up_and_idle_tenants_get_no_invoice() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    put_plan(&app, "floor", &simple_plan("5.00")).await;
+    let p1 = months_back(1);
+    put_tenant(&app, "small", "floor", p1).await;
+    put_tenant(&app, "idle-floor", "floor", p1).await;
+    put_tenant(&app, "idle", "simple", p1).await;
+    let mut usage = Usage::new();
+    let ms = usage.add("small", "f", inside(p1, 2), 8, 0);
+    usage.send(&app).await;
+    finalize(&app, p1).await;
+
+    let small = invoices(&app, "small").await;
+    let doc = invoice(&app, "small", small[0]["number"].as_str().unwrap()).await;
+    let (req, comp) = expected_amounts(8, ms);
+    let minimum = line(&doc, "minimum", None).expect("a minimum line");
+    assert_eq!(amount(&minimum["amount"]), d("5.00") - req - comp);
+    assert_eq!(doc["total"], "5.00");
+    assert_sums(&doc);
+
+    let idle_floor = invoices(&app, "idle-floor").await;
+    assert_eq!(idle_floor.len(), 1);
+    let doc = invoice(
+        &app,
+        "idle-floor",
+        idle_floor[0]["number"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(doc["total"], "5.00");
+    assert_eq!(
+        doc["functions"],
+        json!([{"function": null, "amount": "5.00"}])
+    );
+    assert!(
+        invoices(&app, "idle").await.is_empty(),
+        "no usage and no minimum: no invoice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_change_bills_each_period_with_its_own_plan() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let mut doubled = simple_plan("0");
+    doubled["charges"][0]["unit_price"] = json!("0.002");
+    put_plan(&app, "doubled", &doubled).await;
+    let (p2, p1) = (months_back(2), months_back(1));
+    put_tenant(&app, "acme", "simple", p2).await;
+    put_tenant(&app, "acme", "doubled", p1).await;
+    let mut usage = Usage::new();
+    usage.add("acme", "f", inside(p2, 2), 105, 0);
+    usage.add("acme", "f", inside(p1, 2), 105, 1000);
+    usage.send(&app).await;
+    finalize(&app, p2).await;
+    finalize(&app, p1).await;
+    let list = invoices(&app, "acme").await;
+    let newer = invoice(&app, "acme", list[0]["number"].as_str().unwrap()).await;
+    let older = invoice(&app, "acme", list[1]["number"].as_str().unwrap()).await;
+    assert_eq!(older["plan"]["id"], "simple");
+    assert_eq!(newer["plan"]["id"], "doubled");
+    assert_eq!(
+        line(&older, "usage", Some("requests")).unwrap()["amount"],
+        "0.10"
+    );
+    assert_eq!(
+        line(&newer, "usage", Some("requests")).unwrap()["amount"],
+        "0.20"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoice_endpoints_enforce_roles_and_tenant_isolation() {
+    let app = spawn_app().await;
+    let p1 = months_back(1);
+    let mut usage = Usage::new();
+    usage.add("acme", "f", inside(p1, 2), 3, 0);
+    usage.add("globex", "f", inside(p1, 2), 3, 0);
+    usage.send(&app).await;
+    let number = finalize(&app, p1).await["created"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acme = app.issue_key("tenant", Some("acme")).await;
+    let globex = app.issue_key("tenant", Some("globex")).await;
+    let finance = app.issue_key("finance", None).await;
+    let ingest = app.issue_key("ingest", None).await;
+    let owner = if invoices(&app, "acme")
+        .await
+        .iter()
+        .any(|i| i["number"] == number)
+    {
+        "acme"
+    } else {
+        "globex"
+    };
+    for path in [
+        "/v1/tenants/acme/invoices",
+        "/v1/tenants/acme/invoices/upcoming",
+    ] {
+        assert_eq!(app.get(path, None).await.0, 401, "{path}");
+        assert_eq!(app.get(path, Some("mk_not_a_key")).await.0, 401, "{path}");
+        assert_eq!(app.get(path, Some(&ingest)).await.0, 403, "{path}");
+        assert_eq!(app.get(path, Some(&globex)).await.0, 404, "{path}");
+        assert_eq!(app.get(path, Some(&acme)).await.0, 200, "{path}");
+        assert_eq!(app.get(path, Some(&finance)).await.0, 200, "{path}");
+    }
+    let path = format!("/v1/tenants/{owner}/invoices/{number}");
+    let (own, other) = if owner == "acme" {
+        (&acme, &globex)
+    } else {
+        (&globex, &acme)
+    };
+    assert_eq!(app.get(&path, Some(own)).await.0, 200);
+    assert_eq!(app.get(&path, Some(other)).await.0, 404);
+    assert_eq!(app.get(&path, Some(&ingest)).await.0, 403);
+    assert_eq!(
+        app.get(
+            &format!("/v1/tenants/{owner}/invoices/INV-99999999"),
+            Some(own)
+        )
+        .await
+        .0,
+        404
+    );
+    let not_owner = if owner == "acme" { "globex" } else { "acme" };
+    assert_eq!(
+        app.get(
+            &format!("/v1/tenants/{not_owner}/invoices/{number}"),
+            Some(app.admin_key())
+        )
+        .await
+        .0,
+        404
+    );
+    for key in [&finance, &acme, &ingest] {
+        let (status, body) = app
+            .post(
+                "/v1/billing/finalize",
+                Some(key),
+                &json!({"period": label(p1)}),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    let (status, _) = app
+        .get("/v1/tenants/acme/invoices?limit=0", Some(&finance))
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = app
+        .get(
+            "/v1/tenants/nobody/invoices/upcoming",
+            Some(app.admin_key()),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
