@@ -83,6 +83,7 @@ pub async fn start(
     let state = web::Data::new(AppState {
         admin_key_hash: hash_key(&settings.auth.admin_key),
         billing: BillingConfig::from_settings(&settings),
+        drafts: Default::default(),
         settings: settings.clone(),
         pool: pool.clone(),
         store: store.clone(),

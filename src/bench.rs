@@ -5,6 +5,8 @@
 //! acks with `multiple`) and the second with meterd's consumer into a fresh database, timing
 //! until every event is committed. It samples the process's RSS while meterd consumes.
 
+pub mod api;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,7 +154,9 @@ pub async fn ingest(
         "ratio": round(meterd_rate / raw_rate),
         "rss_mb_before": round(rss_before),
         "rss_mb_peak": round(peak_rss),
-        "batch_commit_p50_ms": null,
+        "batches": metrics.batch_events.get_sample_count(),
+        "batch_events_mean": round(metrics.batch_events.get_sample_sum() / metrics.batch_events.get_sample_count().max(1) as f64),
+        "batch_commit_mean_ms": round(1000.0 * metrics.commit_seconds.get_sample_sum() / metrics.commit_seconds.get_sample_count().max(1) as f64),
     }))
 }
 
@@ -216,14 +220,14 @@ async fn consume_raw(
 }
 
 /// A fresh database beside the configured one.
-async fn bench_database(base_url: &str, tag: &str) -> anyhow::Result<String> {
+pub(crate) async fn bench_database(base_url: &str, tag: &str) -> anyhow::Result<String> {
     let (prefix, _) = base_url
         .rsplit_once('/')
         .context("database.url has no database name")?;
     Ok(format!("{prefix}/meterd_bench_{tag}"))
 }
 
-async fn drop_database(admin_url: &str, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(admin_url: &str, url: &str) -> anyhow::Result<()> {
     let name = url.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
     let (prefix, _) = admin_url
         .rsplit_once('/')
@@ -248,4 +252,179 @@ pub fn rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportBenchOptions {
+    /// Hourly usage rows to seed and export.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+}
+
+/// `bench export`: seeds N rows of `usage_hourly` in a fresh database (20 tenants × 50
+/// functions × 2 archs per hour), starts the API in this process, and streams
+/// `GET /v1/exports/usage.csv` over the whole range with a bare HTTP/1.1 client that counts
+/// rows as they arrive, while sampling this process's RSS (server and client both).
+pub async fn export(
+    settings: &Settings,
+    opts: &ExportBenchOptions,
+) -> anyhow::Result<serde_json::Value> {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut app_settings = settings.clone();
+    app_settings.database.url = bench_database(&settings.database.url, &tag).await?;
+    app_settings.http.addr = "127.0.0.1:0".to_owned();
+    app_settings.auth.admin_key = format!("bench-{tag}");
+    app_settings.billing.auto_finalize = false;
+    let app = crate::app::start(
+        app_settings.clone(),
+        crate::app::ServeRole::Api,
+        CancellationToken::new(),
+    )
+    .await?;
+    let result = measure_export(&app, &app_settings.auth.admin_key, opts).await;
+    app.pool.close().await;
+    app.stop().await;
+    drop_database(&settings.database.url, &app_settings.database.url).await?;
+    result
+}
+
+async fn measure_export(
+    app: &crate::app::RunningApp,
+    key: &str,
+    opts: &ExportBenchOptions,
+) -> anyhow::Result<serde_json::Value> {
+    const SERIES: u64 = 2000;
+    let seed_started = Instant::now();
+    sqlx::query(
+        "INSERT INTO usage_hourly (tenant, hour, function, arch, requests, billed_ms, mb_ms)
+         SELECT 'tenant-' || lpad((s % 20)::text, 2, '0'),
+                timestamptz '2026-01-01 00:00Z' + (i / 2000) * interval '1 hour',
+                'function-' || lpad((s / 20 % 50)::text, 2, '0'),
+                CASE WHEN s < 1000 THEN 'x86_64' ELSE 'arm64' END,
+                r, r * (100 + s), r * (100 + s) * 128 * (1 + s % 8)
+         FROM generate_series(0, $1 - 1) AS i,
+              LATERAL (SELECT i % 2000 AS s, 1 + (i * 7919) % 1000 AS r) AS x",
+    )
+    .bind(i64::try_from(opts.rows)?)
+    .execute(&app.pool)
+    .await
+    .context("seed usage_hourly")?;
+    sqlx::query("VACUUM ANALYZE usage_hourly")
+        .execute(&app.pool)
+        .await?;
+    let seed_secs = seed_started.elapsed().as_secs_f64();
+
+    let hours = opts.rows.div_ceil(SERIES) as i64;
+    let from = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")?.to_utc();
+    let to = from + chrono::Duration::hours(hours.max(1));
+    let path = format!(
+        "/v1/exports/usage.csv?from={}&to={}",
+        from.format("%Y-%m-%dT%H:%M:%SZ"),
+        to.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+
+    let rss_before = rss_mb();
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut peak = rss_mb();
+            while !sampling.is_cancelled() {
+                peak = peak.max(rss_mb());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak.max(rss_mb())
+        }
+    });
+    let started = Instant::now();
+    let download = http_get_csv(app.addr, &path, key).await;
+    let secs = started.elapsed().as_secs_f64();
+    sampling.cancel();
+    let peak_rss = sampler.await?;
+    let download = download?;
+    anyhow::ensure!(
+        download.rows == opts.rows,
+        "exported {} of {} rows",
+        download.rows,
+        opts.rows
+    );
+    Ok(json!({
+        "bench": "export",
+        "export": "usage.csv",
+        "rows": download.rows,
+        "bytes": download.bytes,
+        "seed_seconds": round(seed_secs),
+        "first_byte_seconds": round(download.first_byte_secs),
+        "seconds": round(secs),
+        "rows_per_s": round(download.rows as f64 / secs),
+        "mb_per_s": round(download.bytes as f64 / secs / 1_048_576.0),
+        "rss_mb_before": round(rss_before),
+        "rss_mb_peak": round(peak_rss),
+        "rss_growth_mb": round(peak_rss - rss_before),
+    }))
+}
+
+struct CsvDownload {
+    rows: u64,
+    bytes: u64,
+    first_byte_secs: f64,
+}
+
+/// A minimal HTTP/1.1 GET of a chunked CSV body, read to the end and never held whole:
+/// counts data rows (line ends after the header; the bench's names hold no line breaks).
+async fn http_get_csv(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+) -> anyhow::Result<CsvDownload> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let first_byte_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        line.starts_with("HTTP/1.1 200"),
+        "the export answered {line:?}"
+    );
+    let mut chunked = false;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+    }
+    anyhow::ensure!(chunked, "the export is not streamed with chunked encoding");
+    let (mut line_ends, mut bytes) = (0u64, 0u64);
+    let mut chunk = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await?;
+        let size_text = line.trim_end().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size line {line:?}"))?;
+        if size == 0 {
+            break;
+        }
+        chunk.resize(size + 2, 0);
+        reader.read_exact(&mut chunk).await?;
+        anyhow::ensure!(chunk.ends_with(b"\r\n"), "a chunk does not end with CRLF");
+        let data = &chunk[..size];
+        bytes += size as u64;
+        line_ends += data.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    Ok(CsvDownload {
+        rows: line_ends.saturating_sub(1),
+        bytes,
+        first_byte_secs,
+    })
 }

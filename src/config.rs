@@ -39,7 +39,11 @@ pub struct AmqpSettings {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Most unacked deliveries per consumer (the prefetch adapts below it).
     pub prefetch: u16,
+    /// About how many events may be in flight per consumer: bounds memory when messages
+    /// are large arrays.
+    pub max_events_in_flight: usize,
     pub batch_max_events: usize,
     pub batch_max_messages: usize,
     pub batch_linger_ms: u64,

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod billing;
 pub mod config;
 pub mod db;
+pub mod export;
 pub mod ingest;
 pub mod loadgen;
 pub mod metering;

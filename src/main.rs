@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use meterd::app::{self, ServeRole};
 use meterd::config::Settings;
+use meterd::ingest::{ErrorCode, dead_letters};
 use meterd::{bench, loadgen, telemetry};
 
 #[derive(Parser)]
@@ -56,12 +57,47 @@ enum Command {
     /// Measure throughput and resources; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inspect the dead-letter queue, or replay dead letters whose cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Show dead letters (error code, reason, routing key, body preview), oldest first,
+    /// leaving them all in the queue.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish dead letters unchanged to the usage exchange (with confirms), removing each
+    /// once the broker has it; the others stay. Fix the cause first (e.g. the config);
+    /// replaying twice never counts twice.
+    Replay {
+        /// Only dead letters with this x-meterd-error code (e.g. invalid_value); all if absent.
+        #[arg(long)]
+        code: Option<ErrorCode>,
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print the outcome as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// AMQP ingestion: the broker's raw consume ceiling against meterd end to end.
     Ingest(bench::IngestBenchOptions),
+    /// The upcoming-invoice endpoint under concurrent clients, for a large tenant.
+    Api(bench::api::ApiBenchOptions),
+    /// Finance export: streams usage.csv of N seeded rows; rows/s and RSS growth.
+    Export(bench::ExportBenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,9 +140,38 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&outcome)?);
             Ok(())
         }
+        Command::Bench(BenchCommand::Api(options)) => {
+            println!("{}", bench::api::run(&settings, &options).await?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Ingest(options)) => {
             let report = bench::ingest(&settings, &options).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Export(options)) => {
+            let report = bench::export(&settings, &options).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::DeadLetters(DeadLettersCommand::List { limit, json }) => {
+            let listing = dead_letters::list(&settings.amqp, limit).await?;
+            if json {
+                for letter in &listing.letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+            } else {
+                println!("{listing}");
+            }
+            Ok(())
+        }
+        Command::DeadLetters(DeadLettersCommand::Replay { code, limit, json }) => {
+            let outcome = dead_letters::replay(&settings.amqp, code, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string(&outcome)?);
+            } else {
+                println!("{outcome}");
+            }
             Ok(())
         }
     }

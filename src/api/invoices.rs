@@ -19,9 +19,14 @@ pub async fn upcoming(
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_tenant_reader(&tenant)?;
-    tenant_exists(&state, &tenant).await?;
-    let draft = store::draft(&state.pool, &state.billing, &tenant, Utc::now()).await?;
-    Ok(HttpResponse::Ok().json(draft))
+    let draft = state
+        .drafts
+        .draft_json(&state.pool, &state.billing, &tenant, Utc::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {:?}", tenant.as_str())))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(draft))
 }
 
 #[derive(Deserialize)]

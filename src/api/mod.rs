@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 mod events;
+mod exports;
 mod health;
 mod invoices;
 mod keys;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admin_key_hash: Vec<u8>,
     pub billing: crate::billing::store::BillingConfig,
+    pub drafts: crate::billing::store::DraftCache,
     /// Whether this process runs the consumer (readiness then asks it about the broker).
     pub runs_consumer: bool,
 }
@@ -73,6 +75,15 @@ pub fn server(
                         web::get().to(invoices::get),
                     )
                     .route("/billing/finalize", web::post().to(invoices::finalize))
+                    .route(
+                        "/exports/invoice-lines.csv",
+                        web::get().to(exports::invoice_lines),
+                    )
+                    .route("/exports/usage.csv", web::get().to(exports::usage))
+                    .route(
+                        "/exports/function-costs.csv",
+                        web::get().to(exports::function_costs),
+                    )
                     .route("/plans", web::get().to(plans::list_plans))
                     .service(
                         web::resource("/plans/{plan}")

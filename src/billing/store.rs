@@ -91,6 +91,70 @@ pub async fn draft(
     ))
 }
 
+/// Drafts already computed, each with the stamp of the data it was computed from.
+///
+/// A draft depends on the tenant's usage (buckets only grow, and every event adds exactly
+/// one request to one monthly row, so the sum of requests over the periods a draft reads
+/// changes whenever any of its usage does), on what was billed for closed periods, on which
+/// periods are finalized, and on plans and plan assignments. The stamp reads all of these in
+/// one query; a cached draft is served only while its stamp is unchanged, so it is always
+/// the draft "as the buckets are now".
+#[derive(Default)]
+pub struct DraftCache {
+    drafts: std::sync::Mutex<std::collections::HashMap<String, (String, bytes::Bytes)>>,
+}
+
+/// Most tenants whose drafts are kept; past this the cache starts over.
+const DRAFT_CACHE_TENANTS: usize = 10_000;
+
+impl DraftCache {
+    /// The tenant's draft as JSON, computed or from the cache; `None` for an unknown tenant.
+    pub async fn draft_json(
+        &self,
+        pool: &PgPool,
+        config: &BillingConfig,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<bytes::Bytes>> {
+        let period = period_start(now);
+        let earliest = period
+            .checked_sub_months(chrono::Months::new(config.lookback_periods))
+            .context("period out of range")?;
+        let stamp: Option<(String,)> = sqlx::query_as(
+            "SELECT concat_ws('|', $2::date,
+                 (SELECT sum(requests) FROM usage_monthly WHERE tenant = $1 AND period >= $3),
+                 (SELECT sum(requests) FROM invoice_usage WHERE tenant = $1 AND for_period >= $3),
+                 (SELECT count(*) || '/' || max(period) FROM finalized_periods WHERE period >= $3),
+                 (SELECT count(*) || '/' || max(created_at) FROM tenant_plans WHERE tenant = $1),
+                 (SELECT count(*) || '/' || max(created_at) FROM plans))
+             FROM tenants WHERE id = $1",
+        )
+        .bind(tenant)
+        .bind(period)
+        .bind(earliest)
+        .fetch_optional(pool)
+        .await
+        .context("read the draft's stamp")?;
+        let Some((stamp,)) = stamp else {
+            return Ok(None);
+        };
+        if let Some((cached, json)) = self.drafts.lock().expect("draft cache").get(tenant)
+            && *cached == stamp
+        {
+            return Ok(Some(json.clone()));
+        }
+        let json = bytes::Bytes::from(serde_json::to_vec(
+            &draft(pool, config, tenant, now).await?,
+        )?);
+        let mut drafts = self.drafts.lock().expect("draft cache");
+        if drafts.len() >= DRAFT_CACHE_TENANTS {
+            drafts.clear();
+        }
+        drafts.insert(tenant.to_owned(), (stamp, json.clone()));
+        Ok(Some(json))
+    }
+}
+
 /// Finalizes `period` for every tenant that has something to bill; idempotent.
 #[tracing::instrument(skip_all, fields(period = %format_period(period)))]
 pub async fn finalize_period(

@@ -151,8 +151,15 @@ impl Consumer {
         topology::declare(&channel, s)
             .await
             .context("declare the topology")?;
+        // The broker applies a per-consumer prefetch only to consumers created after it, so
+        // the cap is set before consuming; the adaptive limit is the channel-wide one
+        // (`global`), which the broker also enforces, and which can change at any time.
+        let mut prefetch = AdaptivePrefetch::new(s.prefetch, s.max_events_in_flight);
         channel
-            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .basic_qos(s.prefetch, BasicQosOptions { global: false })
+            .await?;
+        channel
+            .basic_qos(prefetch.current(), BasicQosOptions { global: true })
             .await?;
         let dead_letters = connection.create_channel().await?;
         dead_letters
@@ -172,7 +179,7 @@ impl Consumer {
 
         let (batches_tx, batches_rx) = mpsc::channel(1);
         let result = tokio::try_join!(
-            self.read(deliveries, batches_tx),
+            self.read(&channel, &mut prefetch, deliveries, batches_tx),
             self.write(batches_rx, &channel, &dead_letters)
         );
         // Closing returns any unacked deliveries to the queue at once.
@@ -182,9 +189,14 @@ impl Consumer {
         result.map(|_| ())
     }
 
-    /// Gathers deliveries into batches until shutdown.
+    /// Gathers deliveries into batches until shutdown. A batch is handed over once its
+    /// linger time has passed *and* the writer is free (or once it is full), so while a
+    /// commit runs the next batch keeps growing: batch size follows commit time, and
+    /// larger batches fold more events into each bucket row.
     async fn read(
         &self,
+        channel: &Channel,
+        prefetch: &mut AdaptivePrefetch,
         mut deliveries: lapin::Consumer,
         batches: mpsc::Sender<Batch>,
     ) -> anyhow::Result<()> {
@@ -197,15 +209,28 @@ impl Consumer {
             };
             let mut batch = Batch::default();
             self.add(&mut batch, first)?;
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.events < s.batch_max_events && batch.received.len() < s.batch_max_messages {
-                match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                    Err(_elapsed) => break,
-                    Ok(next) => self.add(&mut batch, next)?,
+            let linger = tokio::time::sleep(linger);
+            tokio::pin!(linger);
+            let mut lingered = false;
+            loop {
+                let full = batch.events >= s.batch_max_events
+                    || batch.received.len() >= s.batch_max_messages;
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Ok(()), // the batch stays unacked
+                    permit = batches.reserve(), if lingered || full => match permit {
+                        Ok(permit) => {
+                            if let Some(qos) = prefetch.observe(batch.received.len(), batch.events) {
+                                channel.basic_qos(qos, BasicQosOptions { global: true }).await?;
+                            }
+                            permit.send(batch);
+                            break;
+                        }
+                        Err(_) => return Ok(()), // the writer stopped; its error ends the session
+                    },
+                    _ = &mut linger, if !lingered => lingered = true,
+                    next = deliveries.next(), if !full => self.add(&mut batch, next)?,
                 }
-            }
-            if batches.send(batch).await.is_err() {
-                return Ok(()); // the writer stopped; its error ends the session
             }
         }
     }
@@ -329,9 +354,72 @@ impl Consumer {
     }
 }
 
+/// The broker bounds unacked deliveries by count, not by size, so the prefetch is set from
+/// the events per message seen so far: about `events_budget` events in flight (memory
+/// stays bounded when messages are large arrays), never more than `max` messages (a deep
+/// pipeline when they are single events).
+#[derive(Debug)]
+struct AdaptivePrefetch {
+    max: u16,
+    events_budget: usize,
+    current: u16,
+    messages: u64,
+    events: u64,
+}
+
+impl AdaptivePrefetch {
+    fn new(max: u16, events_budget: usize) -> Self {
+        let max = max.max(1);
+        AdaptivePrefetch {
+            max,
+            events_budget,
+            // Until messages are seen, assume they may be large.
+            current: max.min(100),
+            messages: 0,
+            events: 0,
+        }
+    }
+
+    fn current(&self) -> u16 {
+        self.current
+    }
+
+    /// Records a batch; returns a new prefetch when it should change by half or more.
+    fn observe(&mut self, messages: usize, events: usize) -> Option<u16> {
+        self.messages += messages as u64;
+        self.events += events as u64;
+        let per_message = (self.events as f64 / self.messages.max(1) as f64).max(1.0);
+        let wanted =
+            (self.events_budget as f64 / per_message).clamp(1.0, f64::from(self.max)) as u16;
+        let (lo, hi) = (self.current.min(wanted), self.current.max(wanted));
+        if hi >= lo.saturating_mul(2) || (wanted != self.current && hi - lo > hi / 2) {
+            self.current = wanted;
+            Some(wanted)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_follows_message_size_within_bounds() {
+        let mut p = AdaptivePrefetch::new(10_000, 40_000);
+        assert_eq!(p.current(), 100);
+        // Single events: open up to the cap.
+        assert_eq!(p.observe(100, 100), Some(10_000));
+        assert_eq!(p.observe(5_000, 5_000), None);
+        // Arrays of 100 events: narrow to ~400 messages in flight.
+        let mut p = AdaptivePrefetch::new(10_000, 40_000);
+        assert_eq!(p.observe(100, 10_000), Some(400));
+        assert_eq!(p.observe(200, 20_000), None);
+        // Huge arrays: at least one message.
+        let mut p = AdaptivePrefetch::new(10_000, 40_000);
+        assert_eq!(p.observe(1, 1_000_000), Some(1));
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {

@@ -58,6 +58,20 @@ impl ErrorCode {
     }
 }
 
+impl FromStr for ErrorCode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+                format!("unknown error code {text:?}; one of {}", known.join(", "))
+            })
+    }
+}
+
 /// A message that is not valid as a whole: the code and a sentence naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", code.as_str())]

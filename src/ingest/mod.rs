@@ -2,6 +2,7 @@
 //! (HTTP ingest is `api::events`, which uses the same decoder and store.)
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod decode;
 pub mod topology;
 
