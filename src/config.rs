@@ -47,6 +47,8 @@ pub struct AmqpSettings {
     pub batch_max_events: usize,
     pub batch_max_messages: usize,
     pub batch_linger_ms: u64,
+    /// Batches recorded at once, each on its own database connection (acks stay in order).
+    pub writers: usize,
     pub connection_name: String,
     /// Declares the queues with `x-expires` (milliseconds): test and bench queues vanish
     /// by themselves if their owner dies. Unset in production.

@@ -658,6 +658,27 @@ async fn a_large_export_streams_and_a_client_that_leaves_stops_the_query() {
         1,
         "the export waits for the slow client on its own connection"
     );
+    // Back-pressure reaches PostgreSQL: with the client not reading, meterd stops reading
+    // rows and the query waits to write, rather than meterd buffering the export.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waits: Vec<(Option<String>,)> = sqlx::query_as(
+            "SELECT wait_event FROM pg_stat_activity
+             WHERE application_name = 'meterd-export' AND datname = current_database()
+               AND backend_type = 'client backend'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        if waits == [(Some("ClientWrite".to_owned()),)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the export's query should wait for the client: {waits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(res);
     wait_until_no_export_connection(&app, "the export's query stops when the client leaves").await;
 }

@@ -238,17 +238,16 @@ async fn run(mut conn: PgConnection, export: Export, tx: mpsc::Sender<anyhow::Re
         }
         Err(Stop::Failed(e)) => {
             drop(conn);
-            if out.chunks_sent == 0 {
-                // Nothing was sent: the handler answers with an error response and logs it.
-                let _ = out.tx.send(Err(e)).await;
-            } else {
+            // Before the first chunk the handler answers with an error response, which logs
+            // the cause; after it only the log can say why the transfer broke.
+            if out.chunks_sent > 0 {
                 tracing::error!(
                     cause = format!("{e:#}"),
                     rows = out.rows,
                     "export failed part way"
                 );
-                let _ = out.tx.send(Err(e)).await;
             }
+            let _ = out.tx.send(Err(e)).await;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Row, postgres::PgRow};
 
 use super::{Cell, CsvOut, Stop};
 use crate::metering::usage::{Granularity, count, gb_seconds, seconds};
@@ -73,13 +73,20 @@ pub(super) async fn write_rows(
     // Reused for every row, so the loop does not allocate per cell.
     let (mut bucket, mut requests, mut compute, mut duration) =
         (String::new(), String::new(), String::new(), String::new());
+    let mut types_checked = false;
     while let Some(row) = rows.try_next().await? {
-        let tenant: &str = row.try_get(0)?;
-        let function: &str = row.try_get(1)?;
-        let arch: &str = row.try_get(2)?;
-        let bucket_start: DateTime<Utc> = row.try_get(3)?;
+        if !types_checked {
+            // The driver's check of every value's type costs about a quarter of the export's
+            // CPU; the query fixes the types, so they are checked on the first row only.
+            check_types(&row)?;
+            types_checked = true;
+        }
+        let tenant: &str = row.try_get_unchecked(0)?;
+        let function: &str = row.try_get_unchecked(1)?;
+        let arch: &str = row.try_get_unchecked(2)?;
+        let bucket_start: DateTime<Utc> = row.try_get_unchecked(3)?;
         let sum = |i: usize, what: &str| -> anyhow::Result<i128> {
-            let text: &str = row.try_get(i)?;
+            let text: &str = row.try_get_unchecked(i)?;
             text.parse()
                 .with_context(|| format!("the {what} sum {text:?} is not an integer"))
         };
@@ -102,5 +109,13 @@ pub(super) async fn write_rows(
         ])
         .await?;
     }
+    Ok(())
+}
+
+fn check_types(row: &PgRow) -> Result<(), sqlx::Error> {
+    for i in [0, 1, 2, 4, 5, 6] {
+        row.try_get::<&str, _>(i)?;
+    }
+    row.try_get::<DateTime<Utc>, _>(3)?;
     Ok(())
 }

@@ -112,6 +112,7 @@ pub async fn run_consumer(
     }
 }
 
+#[derive(Clone)]
 struct Consumer {
     settings: AmqpSettings,
     store: Arc<MeterStore>,
@@ -131,6 +132,13 @@ struct Poison {
     body: Vec<u8>,
     routing_key: String,
     properties: BasicProperties,
+}
+
+/// A batch whose events are committed, waiting for its dead letters and ack.
+struct Recorded {
+    last_tag: u64,
+    messages: usize,
+    poison: Vec<Poison>,
 }
 
 #[derive(Default)]
@@ -178,10 +186,21 @@ impl Consumer {
         backoff.reset();
 
         let (batches_tx, batches_rx) = mpsc::channel(1);
+        // The reader is a task of its own, so decoding runs on one core while the
+        // writer's commits are handled on the other.
+        let reader = tokio::spawn({
+            let (me, channel) = (self.clone(), channel.clone());
+            async move {
+                me.read(&channel, &mut prefetch, deliveries, batches_tx)
+                    .await
+            }
+        });
+        let stop_reader = reader.abort_handle();
         let result = tokio::try_join!(
-            self.read(&channel, &mut prefetch, deliveries, batches_tx),
+            async { reader.await.context("the reader task failed")? },
             self.write(batches_rx, &channel, &dead_letters)
         );
+        stop_reader.abort();
         // Closing returns any unacked deliveries to the queue at once.
         let _ = channel.close(200, "bye".into()).await;
         let _ = dead_letters.close(200, "bye".into()).await;
@@ -264,30 +283,52 @@ impl Consumer {
     /// Commits batches in order until the reader stops.
     async fn write(
         &self,
-        mut batches: mpsc::Receiver<Batch>,
+        batches: mpsc::Receiver<Batch>,
         channel: &Channel,
         dead_letters: &Channel,
     ) -> anyhow::Result<()> {
-        while let Some(batch) = batches.recv().await {
-            let messages = batch.received.len();
-            let last_tag = batch.last_tag;
-            let mut events = Vec::with_capacity(batch.events);
-            for received in batch.received {
-                match received {
-                    Received::Events(mut e) => events.append(&mut e),
-                    Received::Poison(poison) => self.dead_letter(dead_letters, *poison).await?,
-                }
-            }
-            if !events.is_empty() && !self.record(&events).await {
+        // Up to `writers` batches are recorded at once (each on its own connection), but
+        // `buffered` yields them in delivery order, so each ack with `multiple` covers only
+        // committed batches.
+        let mut committed = batch_stream(batches)
+            .map(|batch| self.record_batch(batch))
+            .buffered(self.settings.writers.max(1));
+        while let Some(recorded) = committed.next().await {
+            let Some(batch) = recorded else {
                 return Ok(()); // shutdown while the database was failing: leave unacked
+            };
+            // Dead letters go out here, in delivery order, confirmed before the ack.
+            for poison in batch.poison {
+                self.dead_letter(dead_letters, poison).await?;
             }
             channel
-                .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
                 .await
                 .context("ack")?;
-            self.metrics.consumer_in_flight.sub(messages as i64);
+            self.metrics.consumer_in_flight.sub(batch.messages as i64);
         }
         Ok(())
+    }
+
+    /// Records a batch's events; `None` if shutdown came first.
+    async fn record_batch(&self, batch: Batch) -> Option<Recorded> {
+        let messages = batch.received.len();
+        let mut events = Vec::with_capacity(batch.events);
+        let mut poison = Vec::new();
+        for received in batch.received {
+            match received {
+                Received::Events(mut e) => events.append(&mut e),
+                Received::Poison(p) => poison.push(*p),
+            }
+        }
+        if !events.is_empty() && !self.record(&events).await {
+            return None;
+        }
+        Some(Recorded {
+            last_tag: batch.last_tag,
+            messages,
+            poison,
+        })
     }
 
     /// Republishes a poison message unchanged, with the reason in its headers.
@@ -399,6 +440,11 @@ impl AdaptivePrefetch {
             None
         }
     }
+}
+
+/// The batches a reader hands over, as a stream.
+fn batch_stream(mut batches: mpsc::Receiver<Batch>) -> impl futures_util::Stream<Item = Batch> {
+    futures_util::stream::poll_fn(move |cx| batches.poll_recv(cx))
 }
 
 #[cfg(test)]
