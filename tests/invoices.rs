@@ -649,3 +649,47 @@ async fn invoice_endpoints_enforce_roles_and_tenant_isolation() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let (p1, p0) = (months_back(1), months_back(0));
+    put_tenant(&app, "acme", "simple", p1).await;
+    let draft = || async {
+        let (status, body) = app.get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key())).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let mut usage = Usage::new();
+    let ms = usage.add("acme", "f", inside(p0, 1), 10, 0);
+    usage.send(&app).await;
+    let (req, comp) = expected_amounts(10, ms);
+    assert_eq!(amount(&draft().await["total"]), req + comp);
+    // Asked again with nothing changed: the same answer.
+    assert_eq!(amount(&draft().await["total"]), req + comp);
+
+    // New usage shows at once.
+    let mut more = Usage::new();
+    let ms2 = more.add("acme", "g", inside(p0, 1), 20, 100);
+    more.send(&app).await;
+    let (req, comp) = expected_amounts(30, ms + ms2);
+    assert_eq!(amount(&draft().await["total"]), req + comp);
+
+    // A new version of the plan shows at once.
+    let mut pricier = simple_plan("0");
+    pricier["charges"][0]["unit_price"] = json!("0.01");
+    put_plan(&app, "simple", &pricier).await;
+    let doc = draft().await;
+    assert_eq!(doc["plan"]["version"], 2);
+    assert_eq!(line(&doc, "usage", Some("requests")).unwrap()["amount"], "0.25");
+
+    // Late usage of a period finalized meanwhile shows as an adjustment at once.
+    finalize(&app, p1).await;
+    let mut late = Usage::new();
+    late.add("acme", "f", inside(p1, 3), 8, 500);
+    late.send(&app).await;
+    let doc = draft().await;
+    assert!(line(&doc, "adjustment", Some("requests")).is_some(), "{doc}");
+    assert_sums(&doc);
+}
