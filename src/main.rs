@@ -54,6 +54,8 @@ enum Command {
         #[arg(long)]
         usage: PathBuf,
     },
+    /// Print the OpenAPI document of the REST API (JSON), as served at /openapi.json.
+    Openapi,
     /// Measure throughput and resources; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -106,6 +108,10 @@ fn main() -> anyhow::Result<()> {
         // Offline: no configuration, database or runtime needed.
         return price(plan, usage);
     }
+    if let Command::Openapi = &cli.command {
+        // Offline too: the document comes from the code alone.
+        return openapi();
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -130,6 +136,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Price { plan, usage } => price(&plan, &usage),
+        Command::Openapi => openapi(),
         Command::Finalize { period } => {
             let period = meterd::billing::period::period_param("--period", &period)?;
             let pool = meterd::db::migrate(&settings.database).await?;
@@ -183,6 +190,11 @@ fn price(plan: &std::path::Path, usage: &std::path::Path) -> anyhow::Result<()> 
     };
     let priced = meterd::rating::price_files(&read(plan)?, &read(usage)?)?;
     println!("{priced}");
+    Ok(())
+}
+
+fn openapi() -> anyhow::Result<()> {
+    println!("{}", meterd::api::openapi::document());
     Ok(())
 }
 

@@ -657,7 +657,9 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
     let (p1, p0) = (months_back(1), months_back(0));
     put_tenant(&app, "acme", "simple", p1).await;
     let draft = || async {
-        let (status, body) = app.get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key())).await;
+        let (status, body) = app
+            .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     };
@@ -682,7 +684,10 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
     put_plan(&app, "simple", &pricier).await;
     let doc = draft().await;
     assert_eq!(doc["plan"]["version"], 2);
-    assert_eq!(line(&doc, "usage", Some("requests")).unwrap()["amount"], "0.25");
+    assert_eq!(
+        line(&doc, "usage", Some("requests")).unwrap()["amount"],
+        "0.25"
+    );
 
     // Late usage of a period finalized meanwhile shows as an adjustment at once.
     finalize(&app, p1).await;
@@ -690,6 +695,9 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
     late.add("acme", "f", inside(p1, 3), 8, 500);
     late.send(&app).await;
     let doc = draft().await;
-    assert!(line(&doc, "adjustment", Some("requests")).is_some(), "{doc}");
+    assert!(
+        line(&doc, "adjustment", Some("requests")).is_some(),
+        "{doc}"
+    );
     assert_sums(&doc);
 }

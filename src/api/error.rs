@@ -10,7 +10,8 @@ use actix_web::{
     http::{StatusCode, header},
     middleware::ErrorHandlerResponse,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoResponses, ToResponse, ToSchema};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -134,7 +135,56 @@ impl ResponseError for ApiError {
 }
 
 pub fn envelope(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+    HttpResponse::build(status).json(ErrorEnvelope {
+        error: ErrorDetail { code, message },
+    })
+}
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({
+    "error": {"code": "invalid_parameter", "message": "limit: must be an integer from 1 to 1000"}
+})))]
+pub struct ErrorEnvelope<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// A stable snake_case code for programs, e.g. `unauthorized`, `forbidden`, `not_found`,
+    /// `invalid_parameter`, `invalid_body`, `invalid_value`, `conflict`, `unavailable`.
+    pub code: &'a str,
+    /// A sentence for people, naming the parameter or field at fault. A 5xx message says
+    /// nothing of the inside.
+    pub message: &'a str,
+}
+
+/// No API key, an unknown key, or a scheme other than Bearer (`unauthorized`).
+#[derive(ToResponse)]
+#[allow(dead_code)] // schema only
+pub struct Unauthorized(ErrorEnvelope<'static>);
+
+/// The key's role may not do this (`forbidden`).
+#[derive(ToResponse)]
+#[allow(dead_code)] // schema only
+pub struct Forbidden(ErrorEnvelope<'static>);
+
+/// The service cannot reach its storage right now; retry later (`unavailable`).
+#[derive(ToResponse)]
+#[allow(dead_code)] // schema only
+pub struct Unavailable(ErrorEnvelope<'static>);
+
+/// What any operation behind a key may answer whatever it does: the key is missing or unknown,
+/// its role may not do this, or the key cannot be checked because storage is unreachable.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // schema only
+pub enum KeyedErrors {
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    #[response(status = 403)]
+    Forbidden(#[ref_response] Forbidden),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
 }
 
 /// Replaces any error response that is not already JSON (actix's own 404, 405, 413, …)

@@ -1,16 +1,115 @@
 //! `POST /v1/events`: the same body, decoder and store as the AMQP consumer.
 
 use actix_web::{HttpResponse, http::StatusCode, web};
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::{
     AppState,
     auth::{Caller, Role},
-    error::ApiError,
+    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    openapi,
 };
-use crate::ingest::decode::{ErrorCode, MAX_BODY_BYTES, decode_message};
+use crate::ingest::decode::{ErrorCode, MAX_BODY_BYTES, MAX_EVENTS, decode_message};
 
+/// What an ingest call recorded.
+#[derive(Serialize, ToSchema)]
+pub struct IngestOutcome {
+    /// Events counted by this call.
+    accepted: u64,
+    /// Events whose `(tenant, id)` was accepted before: not counted again.
+    duplicates: u64,
+}
+
+/// Schema only: the body of `POST /v1/events`, one event or an array of them. Written by hand
+/// because the array's size limits belong on the `oneOf` branch, where the derive cannot put
+/// them.
+pub struct UsageEvents;
+
+impl PartialSchema for UsageEvents {
+    fn schema() -> RefOr<Schema> {
+        let event = || Ref::from_schema_name(UsageEvent::name());
+        OneOfBuilder::new()
+            .description(Some(
+                "One event, or an array of 1 to 10,000 events; the body is at most 4 MiB.",
+            ))
+            .item(event())
+            .item(
+                ArrayBuilder::new()
+                    .items(event())
+                    .min_items(Some(1))
+                    .max_items(Some(MAX_EVENTS)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for UsageEvents {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((UsageEvent::name().into_owned(), UsageEvent::schema()));
+        UsageEvent::schemas(schemas);
+    }
+}
+
+/// One function invocation. Unknown fields are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)] // schema only: `ingest::decode` reads the body
+pub struct UsageEvent {
+    /// The idempotency key, unique per tenant.
+    #[schema(min_length = 1, max_length = 128)]
+    id: String,
+    /// The tenant; created on first use with the default plan.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
+    tenant: String,
+    /// The function's name; no control characters.
+    #[schema(min_length = 1, max_length = 256)]
+    function: String,
+    /// When the invocation started: RFC 3339 with an offset, within
+    /// `[now − metering.max_event_age_days, now + 5 minutes]`.
+    #[schema(examples("2026-11-21T10:15:30.123Z"))]
+    timestamp: DateTime<Utc>,
+    /// Milliseconds, fractions allowed; at most `metering.max_duration_ms` (default 3,600,000).
+    #[schema(minimum = 0)]
+    duration_ms: f64,
+    /// Initialization milliseconds, billed together with `duration_ms`; default 0.
+    #[schema(minimum = 0)]
+    init_duration_ms: Option<f64>,
+    /// Configured memory in MB.
+    #[schema(minimum = 1, maximum = 65536)]
+    memory_mb: u32,
+    /// Default `x86_64`.
+    #[schema(value_type = Option<openapi::Arch>)]
+    arch: Option<String>,
+}
+
+/// Ingest usage events
+///
+/// The same body, validation, idempotency and aggregation as an AMQP message: a body
+/// that would be dead-lettered gets `422` with the dead-letter code (`invalid_json`,
+/// `invalid_shape`, `missing_field`, `invalid_value`, `too_old`, `in_future`,
+/// `too_many_events`) and reason. Role `ingest` or `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "ingest_events",
+    security(("bearer" = [])),
+    request_body(content = UsageEvents, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every event is recorded: counted, or a duplicate",
+            body = IngestOutcome),
+        (status = 400, description = "The body could not be read (`invalid_body`)",
+            body = ErrorEnvelope),
+        (status = 413, description = "The body is over 4 MiB (`too_large`)", body = ErrorEnvelope),
+        (status = 422, description = "The body would be dead-lettered over AMQP; `code` is the \
+            dead-letter code and `message` the reason", body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn ingest(
     caller: Caller,
     state: web::Data<AppState>,
@@ -38,8 +137,8 @@ pub async fn ingest(
         .map_err(ApiError::unavailable)?;
     state.metrics.events_accepted.inc_by(outcome.accepted);
     state.metrics.events_duplicate.inc_by(outcome.duplicates);
-    Ok(HttpResponse::Ok().json(json!({
-        "accepted": outcome.accepted,
-        "duplicates": outcome.duplicates,
-    })))
+    Ok(HttpResponse::Ok().json(IngestOutcome {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+    }))
 }

@@ -1,56 +1,144 @@
 //! The finance CSV exports (SPEC §6): `GET /v1/exports/invoice-lines.csv`, `usage.csv` and
 //! `function-costs.csv`, for finance and admin keys.
 
+use super::usage::hour_param;
 use actix_web::{
     HttpResponse,
     http::header::{ContentDisposition, DispositionParam, DispositionType},
     web,
 };
-use chrono::{DateTime, Timelike, Utc};
+use chrono::NaiveDate;
 use serde::Deserialize;
+use utoipa::{IntoParams, IntoResponses};
 
 use super::{
     AppState,
     auth::{Caller, Role},
-    error::ApiError,
+    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    openapi,
 };
 use crate::billing::period::parse_period;
 use crate::export::{self, Export, StartError, UsageRange};
 use crate::metering::usage::Granularity;
 
 /// Parameters arrive as text so that each problem is reported by its name.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodParams {
+    /// The billing period, `YYYY-MM`.
+    #[param(required = true, value_type = openapi::Period)]
     period: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour.
+    #[param(
+        required = true,
+        value_type = String,
+        format = DateTime,
+        example = "2026-11-01T00:00:00Z"
+    )]
     from: Option<String>,
+    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour, later than `from`.
+    #[param(
+        required = true,
+        value_type = String,
+        format = DateTime,
+        example = "2026-12-01T00:00:00Z"
+    )]
     to: Option<String>,
+    /// The bucket size, aligned in UTC; default `hour`.
+    #[param(value_type = Option<openapi::Granularity>)]
     granularity: Option<String>,
 }
 
+/// RFC 4180 CSV (UTF-8, CRLF) with a header row, streamed as an attachment.
+#[derive(IntoResponses)]
+#[response(
+    status = 200,
+    content_type = "text/csv; charset=utf-8",
+    headers(("Content-Disposition" = String, description = "`attachment; filename=…`"))
+)]
+#[allow(dead_code)] // schema only: `respond` streams the CSV
+pub struct CsvExport(String);
+
+/// Export invoice lines
+///
+/// One row per line of every invoice finalized for the period, all tenants: `invoice_number,
+/// tenant, period, currency, line_kind, charge, meter, arch, for_period, quantity, unit, amount,
+/// invoice_total, finalized_at`. Rows by tenant (code point order), invoice number, line.
+/// Roles `finance`, `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/invoice-lines.csv",
+    tag = "exports",
+    operation_id = "export_invoice_lines",
+    security(("bearer" = [])),
+    params(PeriodParams),
+    responses(
+        CsvExport,
+        (status = 400, description = "`period` is missing or malformed (`invalid_parameter`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn invoice_lines(
     caller: Caller,
     state: web::Data<AppState>,
     params: web::Query<PeriodParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(&[Role::Finance, Role::Admin])?;
-    let period = period(params.period.as_deref())?;
+    let period = finance_period(&caller, &params)?;
     respond(&state, Export::InvoiceLines { period }).await
 }
 
+/// Export per-function costs
+///
+/// Each finalized invoice of the period split over functions: `invoice_number, tenant, period,
+/// function, currency, amount`. Roles `finance`, `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/function-costs.csv",
+    tag = "exports",
+    operation_id = "export_function_costs",
+    security(("bearer" = [])),
+    params(PeriodParams),
+    responses(
+        CsvExport,
+        (status = 400, description = "`period` is missing or malformed (`invalid_parameter`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn function_costs(
     caller: Caller,
     state: web::Data<AppState>,
     params: web::Query<PeriodParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(&[Role::Finance, Role::Admin])?;
-    let period = period(params.period.as_deref())?;
+    let period = finance_period(&caller, &params)?;
     respond(&state, Export::FunctionCosts { period }).await
 }
 
+/// Export usage
+///
+/// Usage of all tenants in `[from, to)`, one row per tenant, function, arch and bucket:
+/// `tenant, function, arch, bucket_start, requests, compute_gb_s, duration_s`. Roles `finance`,
+/// `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/usage.csv",
+    tag = "exports",
+    operation_id = "export_usage",
+    security(("bearer" = [])),
+    params(UsageParams),
+    responses(
+        CsvExport,
+        (status = 400, description = "A parameter is missing or malformed; the message names \
+            it (`invalid_parameter`)", body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn usage(
     caller: Caller,
     state: web::Data<AppState>,
@@ -78,31 +166,19 @@ pub async fn usage(
     .await
 }
 
-fn period(text: Option<&str>) -> Result<chrono::NaiveDate, ApiError> {
-    let text = text.ok_or_else(|| ApiError::bad_parameter("period", "is required (YYYY-MM)"))?;
+/// The role check, then the period of an invoice export.
+fn finance_period(caller: &Caller, params: &PeriodParams) -> Result<NaiveDate, ApiError> {
+    caller.require(&[Role::Finance, Role::Admin])?;
+    let text = params
+        .period
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_parameter("period", "is required (YYYY-MM)"))?;
     parse_period(text).ok_or_else(|| {
         ApiError::bad_parameter(
             "period",
             format!("must be a billing period YYYY-MM (got {text:?})"),
         )
     })
-}
-
-/// A range bound as the usage API takes it: RFC 3339 on a whole UTC hour.
-fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
-    let value = value.ok_or_else(|| {
-        ApiError::bad_parameter(name, "is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
-    })?;
-    let t = DateTime::parse_from_rfc3339(value)
-        .map_err(|e| ApiError::bad_parameter(name, format!("must be RFC 3339 ({e})")))?
-        .with_timezone(&Utc);
-    if t.minute() != 0 || t.second() != 0 || t.nanosecond() != 0 {
-        return Err(ApiError::bad_parameter(
-            name,
-            "must be on a whole UTC hour: usage is kept in hourly buckets",
-        ));
-    }
-    Ok(t)
 }
 
 async fn respond(state: &AppState, export: Export) -> Result<HttpResponse, ApiError> {

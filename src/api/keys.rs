@@ -1,23 +1,73 @@
 //! `POST /v1/api-keys`: issues finance, ingest and tenant keys (admin keys come from config).
 
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     AppState,
     auth::{Caller, Role, generate_key, hash_key},
-    error::ApiError,
+    error::{ApiError, ErrorEnvelope, KeyedErrors},
 };
 use crate::metering::TenantId;
 
-#[derive(Deserialize)]
+/// A key to issue.
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"role": "tenant", "tenant": "acme"})))]
 pub struct NewKey {
+    #[schema(value_type = IssuableRole)]
     role: String,
+    /// The tenant a `tenant` key reads; only tenant keys name one.
     #[serde(default)]
     tenant: Option<String>,
 }
 
+/// The roles `POST /v1/api-keys` issues keys for; admin keys come from configuration.
+#[derive(ToSchema)]
+#[allow(dead_code)] // schema only: `auth::Role` is the domain type
+pub enum IssuableRole {
+    /// Reads everything, runs exports.
+    #[schema(rename = "finance")]
+    Finance,
+    /// Posts usage events.
+    #[schema(rename = "ingest")]
+    Ingest,
+    /// Reads its own tenant's usage and invoices.
+    #[schema(rename = "tenant")]
+    Tenant,
+}
+
+/// An issued key. `key` is shown only here: the service stores its hash.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedKey<'a> {
+    id: uuid::Uuid,
+    /// The secret to send as `Authorization: Bearer <key>`.
+    key: &'a str,
+    #[schema(value_type = IssuableRole)]
+    role: &'static str,
+    tenant: Option<&'a str>,
+}
+
+/// Issue an API key
+///
+/// Issues a `finance`, `ingest` or `tenant` key (a tenant key names its tenant, which is created
+/// if new). Role `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "create_api_key",
+    security(("bearer" = [])),
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "The key, shown once", body = IssuedKey),
+        (status = 400, description = "The body is not JSON of this shape (`invalid_body`)",
+            body = ErrorEnvelope),
+        (status = 422, description = "An unknown or admin role, or a tenant missing, invalid or \
+            not allowed for the role (`invalid_value`, `missing_field`)", body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn create(
     caller: Caller,
     state: web::Data<AppState>,
@@ -78,10 +128,10 @@ pub async fn create(
         .bind(tenant.as_ref().map(TenantId::as_str))
         .execute(&state.pool)
         .await?;
-    Ok(HttpResponse::Created().json(json!({
-        "id": id,
-        "key": key,
-        "role": role.as_str(),
-        "tenant": tenant.as_ref().map(TenantId::as_str),
-    })))
+    Ok(HttpResponse::Created().json(IssuedKey {
+        id,
+        key: &key,
+        role: role.as_str(),
+        tenant: tenant.as_ref().map(TenantId::as_str),
+    }))
 }

@@ -1,4 +1,4 @@
-//! The REST API (SPEC §5): routes, auth, the error envelope.
+//! The REST API (SPEC §5): routes, auth, the error envelope, the OpenAPI document.
 
 pub mod auth;
 pub mod error;
@@ -7,6 +7,7 @@ mod exports;
 mod health;
 mod invoices;
 mod keys;
+pub mod openapi;
 mod plans;
 mod tenants;
 mod usage;
@@ -58,7 +59,8 @@ pub fn server(
             .wrap(from_fn(record_http_metrics))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics));
+            .route("/metrics", web::get().to(health::metrics))
+            .route("/openapi.json", web::get().to(openapi::openapi));
         if serve_v1 {
             app = app.service(
                 web::scope("/v1")

@@ -2,13 +2,16 @@
 //! plans they are on.
 
 use actix_web::{HttpResponse, web};
-use chrono::{NaiveDate, Utc};
-use serde_json::{Value, json};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{
     AppState,
     auth::{Caller, Role},
-    error::ApiError,
+    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    openapi,
     plans::{ListParams, storage_error},
 };
 use crate::billing::period::{format_period, parse_period};
@@ -16,10 +19,69 @@ use crate::billing::plans::{self, AssignPlanError, TenantSummary};
 use crate::metering::{TenantId, store::period_start};
 
 /// The body of `PUT /v1/tenants/{tenant}`, read field by field so that every problem names
-/// its field.
+/// its field. Unknown fields are refused: `#[serde(deny_unknown_fields)]` only tells the schema
+/// so, since serde never reads this type.
+#[derive(ToSchema)]
+#[schema(
+    as = PlanAssignmentRequest,
+    description = "The plan a tenant is on from a billing period on. Unknown fields are refused.",
+    examples(json!({"plan_id": "lambda", "effective_from": "2026-10"}))
+)]
+#[serde(deny_unknown_fields)]
 struct AssignmentRequest {
+    /// A stored plan's id.
     plan_id: String,
+    /// The billing period the plan takes effect from. Default: the current period for a new
+    /// tenant, the next one otherwise. A period already finalized for the tenant is refused.
+    #[schema(value_type = Option<openapi::Period>)]
     effective_from: Option<NaiveDate>,
+}
+
+/// A tenant and the plan in force for the current period.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TenantSummary)]
+pub struct TenantEntry {
+    id: String,
+    created_at: DateTime<Utc>,
+    /// The plan in force for the current period.
+    plan_id: Option<String>,
+}
+
+impl From<TenantSummary> for TenantEntry {
+    fn from(tenant: TenantSummary) -> Self {
+        TenantEntry {
+            id: tenant.id,
+            created_at: tenant.created_at,
+            plan_id: tenant.plan_id,
+        }
+    }
+}
+
+/// A tenant with its plan history.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Tenant)]
+pub struct TenantDocument {
+    #[serde(flatten)]
+    tenant: TenantEntry,
+    /// The plan assignments, oldest first; each is in force until the next.
+    plans: Vec<PlanAssignment>,
+}
+
+/// A plan in force from a billing period on.
+#[derive(Serialize, ToSchema)]
+pub struct PlanAssignment {
+    #[schema(value_type = openapi::Period)]
+    effective_from: String,
+    plan_id: String,
+}
+
+/// A page of tenants, by id.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TenantList)]
+pub struct TenantPage {
+    data: Vec<TenantEntry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 impl TryFrom<&Value> for AssignmentRequest {
@@ -84,6 +146,33 @@ impl From<AssignPlanError> for ApiError {
     }
 }
 
+/// Assign a tenant's plan
+///
+/// Puts the tenant on `plan_id` from `effective_from` on, creating the tenant if new. Role
+/// `admin`.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}",
+    tag = "tenants",
+    operation_id = "put_tenant",
+    security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant id: 1–64 characters of \
+        `A-Za-z0-9._-`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = AssignmentRequest,
+    responses(
+        (status = 200, description = "The tenant existed; its plan history now",
+            body = TenantDocument),
+        (status = 201, description = "The tenant was created", body = TenantDocument),
+        (status = 400, description = "The body is not JSON (`invalid_body`) or the tenant id is \
+            invalid (`invalid_parameter`)", body = ErrorEnvelope),
+        (status = 409, description = "`effective_from` is a period already finalized for the \
+            tenant (`period_finalized`)", body = ErrorEnvelope),
+        (status = 422, description = "A field is missing, unknown or malformed \
+            (`missing_field`, `invalid_value`), or no plan has that id (`unknown_plan`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn put_tenant(
     caller: Caller,
     state: web::Data<AppState>,
@@ -110,6 +199,24 @@ pub async fn put_tenant(
     })
 }
 
+/// List tenants
+///
+/// Every tenant, by id, with the plan in force for the current period. Roles `admin`,
+/// `finance`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    operation_id = "list_tenants",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of tenants", body = TenantPage),
+        (status = 400, description = "`limit` or `cursor` is malformed (`invalid_parameter`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn list_tenants(
     caller: Caller,
     state: web::Data<AppState>,
@@ -122,10 +229,28 @@ pub async fn list_tenants(
         .await
         .map_err(storage_error)?;
     let next_cursor = page.next_cursor(&mut rows);
-    let data: Vec<Value> = rows.iter().map(summary_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"data": data, "next_cursor": next_cursor})))
+    let data = rows.into_iter().map(TenantEntry::from).collect();
+    Ok(HttpResponse::Ok().json(TenantPage { data, next_cursor }))
 }
 
+/// Get a tenant
+///
+/// The tenant, the plan in force for the current period, and its plan history. Roles `tenant`
+/// (its own), `finance`, `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}",
+    tag = "tenants",
+    operation_id = "get_tenant",
+    security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantDocument),
+        (status = 404, description = "No such tenant, or another tenant's key (`not_found`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn get_tenant(
     caller: Caller,
     state: web::Data<AppState>,
@@ -136,13 +261,12 @@ pub async fn get_tenant(
     Ok(HttpResponse::Ok().json(document))
 }
 
-/// `{"id", "created_at", "plan_id" (in force for `current`), "plans": [{"effective_from",
-/// "plan_id"}]}`, the history oldest first.
+/// The tenant, the plan in force for `current`, and the history oldest first.
 async fn tenant_document(
     state: &AppState,
     tenant: &str,
     current: NaiveDate,
-) -> Result<Value, ApiError> {
+) -> Result<TenantDocument, ApiError> {
     let summary = plans::find_tenant(&state.pool, tenant, current)
         .await
         .map_err(storage_error)?
@@ -150,14 +274,15 @@ async fn tenant_document(
     let history = plans::plan_history(&state.pool, tenant)
         .await
         .map_err(storage_error)?;
-    let mut document = summary_json(&summary);
-    document["plans"] = history
-        .iter()
-        .map(|a| json!({"effective_from": format_period(a.effective_from), "plan_id": a.plan_id}))
+    let plans = history
+        .into_iter()
+        .map(|a| PlanAssignment {
+            effective_from: format_period(a.effective_from),
+            plan_id: a.plan_id,
+        })
         .collect();
-    Ok(document)
-}
-
-fn summary_json(tenant: &TenantSummary) -> Value {
-    json!({"id": tenant.id, "created_at": tenant.created_at, "plan_id": tenant.plan_id})
+    Ok(TenantDocument {
+        tenant: summary.into(),
+        plans,
+    })
 }

@@ -3,37 +3,107 @@
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, auth::Caller, error::ApiError};
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    openapi,
+};
 use crate::metering::usage::{Granularity, UsageQuery, query_usage};
 
 /// Every parameter arrives as text so that each problem is reported by its name.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour.
+    #[param(
+        required = true,
+        value_type = String,
+        format = DateTime,
+        example = "2026-11-01T00:00:00Z"
+    )]
     from: Option<String>,
+    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour, later than `from`.
+    #[param(
+        required = true,
+        value_type = String,
+        format = DateTime,
+        example = "2026-12-01T00:00:00Z"
+    )]
     to: Option<String>,
+    /// The bucket size, aligned in UTC; default `hour`.
+    #[param(value_type = Option<openapi::Granularity>)]
     granularity: Option<String>,
+    /// Only this function's usage.
     function: Option<String>,
+    /// Comma-separated fields to group by, from `function` and `arch`; without it, one row per
+    /// bucket sums all functions and archs.
+    #[param(example = "function,arch")]
     group_by: Option<String>,
+    /// Rows per page, 1 to 1000; default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct UsageRow {
+/// One bucket of usage. Quantities are exact decimal strings.
+#[derive(Serialize, ToSchema)]
+pub struct UsageRow {
+    /// The start of the bucket, aligned to the granularity in UTC.
     bucket_start: DateTime<Utc>,
+    /// Present only when grouped by function.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     function: Option<String>,
+    /// Present only when grouped by arch.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = openapi::Arch)]
     arch: Option<String>,
+    /// Invocations.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = openapi::Decimal)]
     requests: rust_decimal::Decimal,
+    /// GB-seconds.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = openapi::Decimal)]
     compute: rust_decimal::Decimal,
+    /// Billed seconds.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = openapi::Decimal)]
     duration: rust_decimal::Decimal,
 }
 
+/// A page of usage rows, in bucket order.
+#[derive(Serialize, ToSchema)]
+pub struct UsagePage {
+    data: Vec<UsageRow>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A tenant's usage
+///
+/// Usage in the half-open range `[from, to)`, in buckets of the granularity. Roles `tenant` (its
+/// own), `finance`, `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/usage",
+    tag = "usage",
+    operation_id = "get_usage",
+    security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant's id"), UsageParams),
+    responses(
+        (status = 200, description = "A page of usage rows", body = UsagePage),
+        (status = 400, description = "A parameter is missing or malformed; the message names \
+            it (`invalid_parameter`)", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant, or another tenant's key (`not_found`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
 pub async fn get_usage(
     caller: Caller,
     state: web::Data<AppState>,
@@ -94,7 +164,7 @@ pub async fn get_usage(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor})))
+    Ok(HttpResponse::Ok().json(UsagePage { data, next_cursor }))
 }
 
 pub async fn tenant_exists(state: &AppState, tenant: &str) -> Result<(), ApiError> {
@@ -107,7 +177,7 @@ pub async fn tenant_exists(state: &AppState, tenant: &str) -> Result<(), ApiErro
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant:?}")))
 }
 
-fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
+pub(super) fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
     let value = value.ok_or_else(|| {
         ApiError::bad_parameter(name, "is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
     })?;

@@ -41,7 +41,7 @@ pub const FUNCTION_COSTS_HEADER: &[&str] = &[
 
 /// The parts of a stored invoice document the exports show, borrowed from its text.
 #[derive(Deserialize)]
-struct StoredInvoice<'a> {
+pub(super) struct StoredInvoice<'a> {
     #[serde(borrow)]
     currency: Cow<'a, str>,
     #[serde(borrow)]
@@ -84,7 +84,7 @@ struct StoredFunctionAmount<'a> {
 
 /// The invoices of `period` in export order: tenant by code point (the column's collation is
 /// "C"), then invoice number (its sequence), each handed over with its parsed document.
-async fn write_invoices(
+pub(super) async fn write_invoices(
     conn: &mut PgConnection,
     period: NaiveDate,
     out: &mut CsvOut,
@@ -114,64 +114,53 @@ async fn write_invoices(
 /// The rows one invoice contributes to an export.
 type RowsOf = for<'d> fn(&'d InvoiceHead<'d>, &'d StoredInvoice<'d>) -> Vec<Vec<Cell<'d>>>;
 
-struct InvoiceHead<'a> {
+pub(super) struct InvoiceHead<'a> {
     number: &'a str,
     tenant: &'a str,
     period: &'a str,
 }
 
-pub(super) async fn write_lines(
-    conn: &mut PgConnection,
-    period: NaiveDate,
-    out: &mut CsvOut,
-) -> Result<(), Stop> {
-    write_invoices(conn, period, out, |head, invoice| {
-        invoice
-            .lines
-            .iter()
-            .map(|line| {
-                vec![
-                    Cell::Text(head.number),
-                    Cell::Text(head.tenant),
-                    Cell::Text(head.period),
-                    Cell::Text(&invoice.currency),
-                    Cell::Text(&line.kind),
-                    Cell::text_or_empty(line.charge.as_deref()),
-                    Cell::text_or_empty(line.meter.as_deref()),
-                    Cell::text_or_empty(line.arch.as_deref()),
-                    Cell::text_or_empty(line.for_period.as_deref()),
-                    Cell::number_or_empty(line.quantity.as_deref()),
-                    Cell::text_or_empty(line.unit.as_deref()),
-                    Cell::Number(&line.amount),
-                    Cell::Number(&invoice.total),
-                    Cell::text_or_empty(invoice.finalized_at.as_deref()),
-                ]
-            })
-            .collect()
-    })
-    .await
+/// invoice-lines.csv: one row per line, the invoice's total and finalization repeated.
+pub(super) fn line_rows<'d>(
+    head: &'d InvoiceHead<'d>,
+    invoice: &'d StoredInvoice<'d>,
+) -> Vec<Vec<Cell<'d>>> {
+    let rows = invoice.lines.iter().map(|line| {
+        vec![
+            Cell::Text(head.number),
+            Cell::Text(head.tenant),
+            Cell::Text(head.period),
+            Cell::Text(&invoice.currency),
+            Cell::Text(&line.kind),
+            Cell::text_or_empty(line.charge.as_deref()),
+            Cell::text_or_empty(line.meter.as_deref()),
+            Cell::text_or_empty(line.arch.as_deref()),
+            Cell::text_or_empty(line.for_period.as_deref()),
+            Cell::number_or_empty(line.quantity.as_deref()),
+            Cell::text_or_empty(line.unit.as_deref()),
+            Cell::Number(&line.amount),
+            Cell::Number(&invoice.total),
+            Cell::text_or_empty(invoice.finalized_at.as_deref()),
+        ]
+    });
+    rows.collect()
 }
 
-pub(super) async fn write_costs(
-    conn: &mut PgConnection,
-    period: NaiveDate,
-    out: &mut CsvOut,
-) -> Result<(), Stop> {
-    write_invoices(conn, period, out, |head, invoice| {
-        invoice
-            .functions
-            .iter()
-            .map(|share| {
-                vec![
-                    Cell::Text(head.number),
-                    Cell::Text(head.tenant),
-                    Cell::Text(head.period),
-                    Cell::text_or_empty(share.function.as_deref()),
-                    Cell::Text(&invoice.currency),
-                    Cell::Number(&share.amount),
-                ]
-            })
-            .collect()
-    })
-    .await
+/// function-costs.csv: one row per function's share (an empty function for a share no
+/// function caused).
+pub(super) fn cost_rows<'d>(
+    head: &'d InvoiceHead<'d>,
+    invoice: &'d StoredInvoice<'d>,
+) -> Vec<Vec<Cell<'d>>> {
+    let rows = invoice.functions.iter().map(|share| {
+        vec![
+            Cell::Text(head.number),
+            Cell::Text(head.tenant),
+            Cell::Text(head.period),
+            Cell::text_or_empty(share.function.as_deref()),
+            Cell::Text(&invoice.currency),
+            Cell::Number(&share.amount),
+        ]
+    });
+    rows.collect()
 }

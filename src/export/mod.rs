@@ -72,8 +72,12 @@ impl Export {
 
     async fn write_rows(&self, conn: &mut PgConnection, out: &mut CsvOut) -> Result<(), Stop> {
         match self {
-            Export::InvoiceLines { period } => invoices::write_lines(conn, *period, out).await,
-            Export::FunctionCosts { period } => invoices::write_costs(conn, *period, out).await,
+            Export::InvoiceLines { period } => {
+                invoices::write_invoices(conn, *period, out, invoices::line_rows).await
+            }
+            Export::FunctionCosts { period } => {
+                invoices::write_invoices(conn, *period, out, invoices::cost_rows).await
+            }
             Export::Usage(range) => usage::write_rows(conn, range, out).await,
         }
     }
