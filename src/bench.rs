@@ -115,13 +115,15 @@ pub async fn ingest(
         peak_rss = peak_rss.max(rss_mb());
     }
     let meterd_secs = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    let _ = consumer.await;
-
     let counted: (i64,) =
         sqlx::query_as("SELECT coalesce(sum(requests), 0)::int8 FROM usage_hourly")
             .fetch_one(&pool)
             .await?;
+    let rate = opts.events as f64 / meterd_secs;
+    let latency = visibility_latency(&amqp, &pool, opts, rate / 2.0).await;
+    shutdown.cancel();
+    let _ = consumer.await;
+    let latency = latency?;
     pool.close().await;
     drop_database(&settings.database.url, &database_url).await?;
     for queue in [&raw_queue, &amqp.queue, &amqp.dead_letter_queue] {
@@ -157,6 +159,71 @@ pub async fn ingest(
         "batches": metrics.batch_events.get_sample_count(),
         "batch_events_mean": round(metrics.batch_events.get_sample_sum() / metrics.batch_events.get_sample_count().max(1) as f64),
         "batch_commit_mean_ms": round(1000.0 * metrics.commit_seconds.get_sample_sum() / metrics.commit_seconds.get_sample_count().max(1) as f64),
+        "visibility_at_half_rate": latency,
+    }))
+}
+
+/// With the consumer still running, publishes the same workload at `rate` events/s for a
+/// few seconds and, alongside it, single probe events, timing each from its publish until
+/// the buckets the usage API reads show it.
+async fn visibility_latency(
+    amqp: &crate::config::AmqpSettings,
+    pool: &sqlx::PgPool,
+    opts: &IngestBenchOptions,
+    rate: f64,
+) -> anyhow::Result<serde_json::Value> {
+    const SECONDS: f64 = 8.0;
+    let stop = CancellationToken::new();
+    let background = LoadgenOptions {
+        tenants: 20,
+        functions: 50,
+        rate,
+        per_message: opts.per_message,
+        duplicates: 0.0,
+        events: Some((rate * SECONDS) as u64),
+        seed: 8,
+    };
+    let load = tokio::spawn({
+        let (amqp, stop) = (amqp.clone(), stop.clone());
+        async move { crate::loadgen::run(&amqp, background, stop).await }
+    });
+    let connection = topology::connect(amqp, "meterd-bench-probe").await?;
+    let mut probe = ConfirmedPublisher::new(&connection, &amqp.exchange, "usage.probe").await?;
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs_f64(SECONDS);
+    while Instant::now() < until {
+        let n = latencies.len() as i64 + 1;
+        let event = json!({"id": format!("probe-{n}"), "tenant": "bench-probe", "function": "probe",
+            "timestamp": chrono::Utc::now().to_rfc3339(), "duration_ms": 1, "memory_mb": 128});
+        let sent = Instant::now();
+        probe.publish(&serde_json::to_vec(&event)?).await?;
+        probe.flush().await?;
+        loop {
+            let (seen,): (i64,) = sqlx::query_as(
+                "SELECT coalesce(sum(requests), 0)::int8 FROM usage_hourly WHERE tenant = 'bench-probe'",
+            )
+            .fetch_one(pool)
+            .await?;
+            if seen >= n {
+                break;
+            }
+            anyhow::ensure!(sent.elapsed() < Duration::from_secs(30), "probe {n} never became visible");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let _ = load.await;
+    let _ = connection.close(200, "done".into()).await;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    Ok(json!({
+        "rate_events_per_s": round(rate),
+        "probes": latencies.len(),
+        "p50_ms": round(pct(0.5)),
+        "p99_ms": round(pct(0.99)),
+        "max_ms": round(pct(1.0)),
     }))
 }
 
