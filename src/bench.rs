@@ -207,7 +207,10 @@ async fn visibility_latency(
             if seen >= n {
                 break;
             }
-            anyhow::ensure!(sent.elapsed() < Duration::from_secs(30), "probe {n} never became visible");
+            anyhow::ensure!(
+                sent.elapsed() < Duration::from_secs(30),
+                "probe {n} never became visible"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -217,7 +220,9 @@ async fn visibility_latency(
     let _ = load.await;
     let _ = connection.close(200, "done".into()).await;
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     Ok(json!({
         "rate_events_per_s": round(rate),
         "probes": latencies.len(),

@@ -1,7 +1,7 @@
 //! The finance CSV exports (SPEC §6): `GET /v1/exports/invoice-lines.csv`, `usage.csv` and
 //! `function-costs.csv`, for finance and admin keys.
 
-use super::usage::hour_param;
+use super::usage::bucket_range;
 use actix_web::{
     HttpResponse,
     http::header::{ContentDisposition, DispositionParam, DispositionType},
@@ -19,7 +19,6 @@ use super::{
 };
 use crate::billing::period::parse_period;
 use crate::export::{self, Export, StartError, UsageRange};
-use crate::metering::usage::Granularity;
 
 /// Parameters arrive as text so that each problem is reported by its name.
 #[derive(Deserialize, IntoParams)]
@@ -145,16 +144,11 @@ pub async fn usage(
     params: web::Query<UsageParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Finance, Role::Admin])?;
-    let from = hour_param("from", params.from.as_deref())?;
-    let to = hour_param("to", params.to.as_deref())?;
-    if to <= from {
-        return Err(ApiError::bad_parameter("to", "must be later than from"));
-    }
-    let granularity = match params.granularity.as_deref() {
-        None => Granularity::Hour,
-        Some(g) => Granularity::parse(g)
-            .ok_or_else(|| ApiError::bad_parameter("granularity", "must be hour, day or month"))?,
-    };
+    let (from, to, granularity) = bucket_range(
+        params.from.as_deref(),
+        params.to.as_deref(),
+        params.granularity.as_deref(),
+    )?;
     respond(
         &state,
         Export::Usage(UsageRange {

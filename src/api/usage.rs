@@ -113,16 +113,11 @@ pub async fn get_usage(
     let tenant = tenant.into_inner();
     caller.require_tenant_reader(&tenant)?;
     let page = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
-    let from = hour_param("from", params.from.as_deref())?;
-    let to = hour_param("to", params.to.as_deref())?;
-    if to <= from {
-        return Err(ApiError::bad_parameter("to", "must be later than from"));
-    }
-    let granularity = match params.granularity.as_deref() {
-        None => Granularity::Hour,
-        Some(g) => Granularity::parse(g)
-            .ok_or_else(|| ApiError::bad_parameter("granularity", "must be hour, day or month"))?,
-    };
+    let (from, to, granularity) = bucket_range(
+        params.from.as_deref(),
+        params.to.as_deref(),
+        params.granularity.as_deref(),
+    )?;
     let (mut by_function, mut by_arch) = (false, false);
     for field in params.group_by.as_deref().unwrap_or("").split(',') {
         match field.trim() {
@@ -177,7 +172,27 @@ pub async fn tenant_exists(state: &AppState, tenant: &str) -> Result<(), ApiErro
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant:?}")))
 }
 
-pub(super) fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
+/// `from`, `to` and `granularity` of a usage range (the usage API and usage.csv): whole UTC
+/// hours, `to` after `from`, granularity `hour` by default.
+pub(super) fn bucket_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    granularity: Option<&str>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>, Granularity), ApiError> {
+    let from = hour_param("from", from)?;
+    let to = hour_param("to", to)?;
+    if to <= from {
+        return Err(ApiError::bad_parameter("to", "must be later than from"));
+    }
+    let granularity = match granularity {
+        None => Granularity::Hour,
+        Some(g) => Granularity::parse(g)
+            .ok_or_else(|| ApiError::bad_parameter("granularity", "must be hour, day or month"))?,
+    };
+    Ok((from, to, granularity))
+}
+
+fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
     let value = value.ok_or_else(|| {
         ApiError::bad_parameter(name, "is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
     })?;
