@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Timelike, Utc};
-use common::{TestApp, spawn_app};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use common::{TestApp, inside, label, months_back, spawn_app};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -70,26 +70,6 @@ fn hostile_plan() -> Value {
     })
 }
 
-fn months_back(n: u32) -> NaiveDate {
-    let now = Utc::now();
-    NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
-        .unwrap()
-        .checked_sub_months(chrono::Months::new(n))
-        .unwrap()
-}
-
-fn label(p: NaiveDate) -> String {
-    format!("{:04}-{:02}", p.year(), p.month())
-}
-
-/// A moment inside period `p` that is not in the future.
-fn inside(p: NaiveDate, day: u32, hour: u32) -> DateTime<Utc> {
-    let t = Utc
-        .with_ymd_and_hms(p.year(), p.month(), day.min(28), hour, 0, 0)
-        .unwrap();
-    t.min(Utc::now() - chrono::Duration::minutes(1))
-}
-
 fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap_or_else(|_| panic!("not a decimal: {s:?}"))
 }
@@ -119,38 +99,16 @@ impl Events {
     }
 
     async fn send(self, app: &TestApp) {
-        for chunk in self.0.chunks(5000) {
-            let (status, body) = app
-                .post(
-                    "/v1/events",
-                    Some(app.admin_key()),
-                    &Value::Array(chunk.to_vec()),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
+        app.ingest(&self.0).await;
     }
 }
 
 async fn put(app: &TestApp, path: &str, body: &Value) {
-    let (status, body) = app
-        .send(reqwest::Method::PUT, path, Some(app.admin_key()), body)
-        .await;
-    assert!(
-        status == 200 || status == 201,
-        "PUT {path}: {status} {body}"
-    );
+    app.put_admin(path, body).await;
 }
 
 async fn finalize(app: &TestApp, p: NaiveDate) {
-    let (status, body) = app
-        .post(
-            "/v1/billing/finalize",
-            Some(app.admin_key()),
-            &json!({"period": label(p)}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.finalize(p).await;
 }
 
 /// A downloaded CSV: the raw body and its records as parsed by a real CSV reader.

@@ -5,8 +5,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use common::{TestApp, spawn_app};
+use chrono::{DateTime, NaiveDate, Utc};
+use common::{TestApp, inside, label, months_back, spawn_app};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
@@ -42,28 +42,6 @@ fn expected_amounts(n: u64, ms: u64) -> (Decimal, Decimal) {
     (requests, compute)
 }
 
-fn period_of(t: DateTime<Utc>) -> NaiveDate {
-    NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap()
-}
-
-fn months_back(n: u32) -> NaiveDate {
-    period_of(Utc::now())
-        .checked_sub_months(chrono::Months::new(n))
-        .unwrap()
-}
-
-fn label(p: NaiveDate) -> String {
-    format!("{:04}-{:02}", p.year(), p.month())
-}
-
-/// A moment inside period `p` that is not in the future.
-fn inside(p: NaiveDate, day: u32) -> DateTime<Utc> {
-    let t = Utc
-        .with_ymd_and_hms(p.year(), p.month(), day.min(28), 12, 0, 0)
-        .unwrap();
-    t.min(Utc::now() - Duration::minutes(1))
-}
-
 struct Usage {
     app_events: Vec<Value>,
 }
@@ -97,53 +75,21 @@ impl Usage {
     }
 
     async fn send(self, app: &TestApp) {
-        for chunk in self.app_events.chunks(5000) {
-            let (status, body) = app
-                .post(
-                    "/v1/events",
-                    Some(app.admin_key()),
-                    &Value::Array(chunk.to_vec()),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
+        app.ingest(&self.app_events).await;
     }
 }
 
 async fn put_plan(app: &TestApp, id: &str, plan: &Value) {
-    let (status, body) = app
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/plans/{id}"),
-            Some(app.admin_key()),
-            plan,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    app.put_admin(&format!("/v1/plans/{id}"), plan).await;
 }
 
 async fn put_tenant(app: &TestApp, tenant: &str, plan: &str, from: NaiveDate) {
-    let (status, body) = app
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/tenants/{tenant}"),
-            Some(app.admin_key()),
-            &json!({"plan_id": plan, "effective_from": label(from)}),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    let body = json!({"plan_id": plan, "effective_from": label(from)});
+    app.put_admin(&format!("/v1/tenants/{tenant}"), &body).await;
 }
 
 async fn finalize(app: &TestApp, p: NaiveDate) -> Value {
-    let (status, body) = app
-        .post(
-            "/v1/billing/finalize",
-            Some(app.admin_key()),
-            &json!({"period": label(p)}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
+    app.finalize(p).await
 }
 
 async fn invoices(app: &TestApp, tenant: &str) -> Vec<Value> {
@@ -217,10 +163,10 @@ async fn drafts_and_finalized_invoices_match_an_independent_expectation() {
     let (p2, p1, p0) = (months_back(2), months_back(1), months_back(0));
     put_tenant(&app, "acme", "simple", p2).await;
     let mut usage = Usage::new();
-    let ms2 = usage.add("acme", "resize", inside(p2, 10), 40, 0)
-        + usage.add("acme", "thumb", inside(p2, 20), 7, 100);
-    let ms1 = usage.add("acme", "resize", inside(p1, 3), 300, 200);
-    let ms0 = usage.add("acme", "resize", inside(p0, 1), 12, 1000);
+    let ms2 = usage.add("acme", "resize", inside(p2, 10, 12), 40, 0)
+        + usage.add("acme", "thumb", inside(p2, 20, 12), 7, 100);
+    let ms1 = usage.add("acme", "resize", inside(p1, 3, 12), 300, 200);
+    let ms0 = usage.add("acme", "resize", inside(p0, 1, 12), 12, 1000);
     usage.send(&app).await;
 
     // The draft prices the open period only.
@@ -327,7 +273,7 @@ async fn concurrent_finalizations_number_each_invoice_once_without_gaps() {
     let mut usage = Usage::new();
     for t in 0..12 {
         put_tenant(&app, &format!("t{t:02}"), "simple", p1).await;
-        usage.add(&format!("t{t:02}"), "f", inside(p1, 5), 3, 0);
+        usage.add(&format!("t{t:02}"), "f", inside(p1, 5, 12), 3, 0);
     }
     usage.send(&app).await;
     let calls = (0..8).map(|_| finalize(&app, p1));
@@ -367,8 +313,8 @@ async fn late_usage_is_billed_once_as_adjustments_and_never_changes_an_invoice()
     let (p2, p1) = (months_back(2), months_back(1));
     put_tenant(&app, "acme", "simple", p2).await;
     let mut usage = Usage::new();
-    let ms2 = usage.add("acme", "resize", inside(p2, 10), 20, 0);
-    let ms1 = usage.add("acme", "resize", inside(p1, 10), 10, 500);
+    let ms2 = usage.add("acme", "resize", inside(p2, 10, 12), 20, 0);
+    let ms1 = usage.add("acme", "resize", inside(p1, 10, 12), 10, 500);
     usage.send(&app).await;
     let created = finalize(&app, p2).await["created"][0]
         .as_str()
@@ -388,8 +334,8 @@ async fn late_usage_is_billed_once_as_adjustments_and_never_changes_an_invoice()
 
     // Late usage for the finalized period, from a new function too.
     let mut late = Usage::new();
-    let late_ms = late.add("acme", "resize", inside(p2, 11), 30, 10_000)
-        + late.add("acme", "late-fn", inside(p2, 12), 4, 20_000);
+    let late_ms = late.add("acme", "resize", inside(p2, 11, 12), 30, 10_000)
+        + late.add("acme", "late-fn", inside(p2, 12, 12), 4, 20_000);
     late.send(&app).await;
     let next = finalize(&app, p1).await["created"][0]
         .as_str()
@@ -434,7 +380,7 @@ async fn late_usage_is_billed_once_as_adjustments_and_never_changes_an_invoice()
     // A second late batch shows up once, on the next (draft) invoice, and the first batch
     // is not billed again.
     let mut late2 = Usage::new();
-    let late2_ms = late2.add("acme", "resize", inside(p2, 13), 6, 30_000);
+    let late2_ms = late2.add("acme", "resize", inside(p2, 13, 12), 6, 30_000);
     late2.send(&app).await;
     let (_, draft) = app
         .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
@@ -464,7 +410,7 @@ async fn the_database_refuses_to_change_a_finalized_invoice() {
     let app = spawn_app().await;
     let p1 = months_back(1);
     let mut usage = Usage::new();
-    usage.add("acme", "f", inside(p1, 2), 3, 0);
+    usage.add("acme", "f", inside(p1, 2, 12), 3, 0);
     usage.send(&app).await;
     put_tenant(&app, "acme", "default", p1).await;
     finalize(&app, p1).await;
@@ -500,7 +446,7 @@ async fn minimum_charges_top_up_and_idle_tenants_get_no_invoice() {
     put_tenant(&app, "idle-floor", "floor", p1).await;
     put_tenant(&app, "idle", "simple", p1).await;
     let mut usage = Usage::new();
-    let ms = usage.add("small", "f", inside(p1, 2), 8, 0);
+    let ms = usage.add("small", "f", inside(p1, 2, 12), 8, 0);
     usage.send(&app).await;
     finalize(&app, p1).await;
 
@@ -542,8 +488,8 @@ async fn a_plan_change_bills_each_period_with_its_own_plan() {
     put_tenant(&app, "acme", "simple", p2).await;
     put_tenant(&app, "acme", "doubled", p1).await;
     let mut usage = Usage::new();
-    usage.add("acme", "f", inside(p2, 2), 105, 0);
-    usage.add("acme", "f", inside(p1, 2), 105, 1000);
+    usage.add("acme", "f", inside(p2, 2, 12), 105, 0);
+    usage.add("acme", "f", inside(p1, 2, 12), 105, 1000);
     usage.send(&app).await;
     finalize(&app, p2).await;
     finalize(&app, p1).await;
@@ -567,8 +513,8 @@ async fn invoice_endpoints_enforce_roles_and_tenant_isolation() {
     let app = spawn_app().await;
     let p1 = months_back(1);
     let mut usage = Usage::new();
-    usage.add("acme", "f", inside(p1, 2), 3, 0);
-    usage.add("globex", "f", inside(p1, 2), 3, 0);
+    usage.add("acme", "f", inside(p1, 2, 12), 3, 0);
+    usage.add("globex", "f", inside(p1, 2, 12), 3, 0);
     usage.send(&app).await;
     let number = finalize(&app, p1).await["created"][0]
         .as_str()
@@ -664,7 +610,7 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
         body
     };
     let mut usage = Usage::new();
-    let ms = usage.add("acme", "f", inside(p0, 1), 10, 0);
+    let ms = usage.add("acme", "f", inside(p0, 1, 12), 10, 0);
     usage.send(&app).await;
     let (req, comp) = expected_amounts(10, ms);
     assert_eq!(amount(&draft().await["total"]), req + comp);
@@ -673,7 +619,7 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
 
     // New usage shows at once.
     let mut more = Usage::new();
-    let ms2 = more.add("acme", "g", inside(p0, 1), 20, 100);
+    let ms2 = more.add("acme", "g", inside(p0, 1, 12), 20, 100);
     more.send(&app).await;
     let (req, comp) = expected_amounts(30, ms + ms2);
     assert_eq!(amount(&draft().await["total"]), req + comp);
@@ -692,7 +638,7 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
     // Late usage of a period finalized meanwhile shows as an adjustment at once.
     finalize(&app, p1).await;
     let mut late = Usage::new();
-    late.add("acme", "f", inside(p1, 3), 8, 500);
+    late.add("acme", "f", inside(p1, 3, 12), 8, 500);
     late.send(&app).await;
     let doc = draft().await;
     assert!(

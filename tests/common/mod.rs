@@ -310,6 +310,68 @@ impl TestApp {
     }
 }
 
+/// The billing period `n` months before the current one.
+pub fn months_back(n: u32) -> chrono::NaiveDate {
+    meterd::billing::period::period_start(chrono::Utc::now())
+        .checked_sub_months(chrono::Months::new(n))
+        .unwrap()
+}
+
+/// `YYYY-MM` of a period.
+pub fn label(p: chrono::NaiveDate) -> String {
+    meterd::billing::period::format_period(p)
+}
+
+/// A moment on `day` (at most the 28th) at `hour` of period `p`, never in the future.
+pub fn inside(p: chrono::NaiveDate, day: u32, hour: u32) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike, TimeZone};
+    let t = chrono::Utc
+        .with_ymd_and_hms(p.year(), p.month(), day.min(28), hour, 0, 0)
+        .unwrap();
+    t.min(chrono::Utc::now() - chrono::Duration::minutes(1))
+}
+
+impl TestApp {
+    /// Records events through `POST /v1/events` as admin, in bodies of up to 5000.
+    pub async fn ingest(&self, events: &[Value]) {
+        for chunk in events.chunks(5000) {
+            let (status, body) = self
+                .post(
+                    "/v1/events",
+                    Some(self.admin_key()),
+                    &Value::Array(chunk.to_vec()),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    /// `PUT` as admin, expecting 200 or 201.
+    pub async fn put_admin(&self, path: &str, body: &Value) -> Value {
+        let (status, body) = self
+            .send(reqwest::Method::PUT, path, Some(self.admin_key()), body)
+            .await;
+        assert!(
+            status == 200 || status == 201,
+            "PUT {path}: {status} {body}"
+        );
+        body
+    }
+
+    /// Finalizes a period as admin, expecting 200; returns the outcome.
+    pub async fn finalize(&self, p: chrono::NaiveDate) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/billing/finalize",
+                Some(self.admin_key()),
+                &serde_json::json!({"period": label(p)}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
 pub struct DeadLetter {
     pub code: String,
     pub reason: String,
