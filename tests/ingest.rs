@@ -436,3 +436,61 @@ async fn http_ingest_shares_validation_and_idempotency() {
     let (status, body) = app.post("/v1/events", Some(&tenant), &e("9")).await;
     assert_eq!(status, 403, "{body}");
 }
+
+/// The ledger is tried with a plain insert, then (after duplicates) with one that skips known
+/// ids, and falls back to ON CONFLICT when the unique index refuses a batch: whichever path a
+/// batch takes, and however consumers race, each id is counted once.
+#[tokio::test]
+async fn every_ledger_path_counts_each_id_once_even_when_consumers_race() {
+    use meterd::metering::{MeterStore, UsageEvent};
+    let app = spawn_app().await;
+    let rules = app.settings.metering.clone();
+    let ts = Utc::now().to_rfc3339();
+    let events = |ids: std::ops::Range<u32>, function: &str| -> Vec<UsageEvent> {
+        let body: Vec<Value> = ids
+            .map(|i| json!({"id": format!("e{i}"), "tenant": format!("t{}", i % 3), "function": function, "timestamp": ts, "duration_ms": 10, "memory_mb": 128}))
+            .collect();
+        meterd::ingest::decode_message(&serde_json::to_vec(&body).unwrap(), &rules, Utc::now())
+            .expect("valid events")
+    };
+    let store = MeterStore::new(app.pool.clone(), rules.clone(), "default".into());
+    let outcome = |o: meterd::metering::RecordOutcome| (o.accepted, o.duplicates);
+
+    // A fresh store inserts plainly; a batch holding committed ids is refused by the unique
+    // index and recorded again with ON CONFLICT; the next batches skip known ids.
+    let r = store.record_events(&events(0..5, "f")).await.unwrap();
+    assert_eq!(outcome(r), (5, 0));
+    let r = store.record_events(&events(3..8, "altered")).await.unwrap();
+    assert_eq!(outcome(r), (3, 2));
+    let r = store.record_events(&events(6..10, "f")).await.unwrap();
+    assert_eq!(outcome(r), (2, 2));
+    assert_eq!(app.counted_requests().await, 10);
+
+    // Two stores (two consumers) both fresh, so both try plain inserts, racing on the same
+    // ids in opposite halves of each round.
+    let (a, b) = (
+        MeterStore::new(app.pool.clone(), rules.clone(), "default".into()),
+        MeterStore::new(app.pool.clone(), rules.clone(), "default".into()),
+    );
+    let mut accepted = 0;
+    for round in 0..20u32 {
+        let base = 1_000 + round * 100;
+        let (ea, eb) = (
+            events(base..base + 80, "f"),
+            events(base + 20..base + 100, "f"),
+        );
+        let (ra, rb) = tokio::join!(a.record_events(&ea), b.record_events(&eb));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.accepted + ra.duplicates, 80);
+        assert_eq!(rb.accepted + rb.duplicates, 80);
+        assert_eq!(ra.accepted + rb.accepted, 100, "round {round}");
+        accepted += ra.accepted + rb.accepted;
+    }
+    assert_eq!(accepted, 2_000);
+    assert_eq!(app.counted_requests().await, 2_010);
+    let (ledger,): (i64,) = sqlx::query_as("SELECT count(*) FROM accepted_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 2_010);
+}

@@ -31,8 +31,12 @@ use tokio_util::sync::CancellationToken;
 use super::decode::{Rejection, decode_message};
 use super::topology;
 use crate::config::AmqpSettings;
+use crate::metering::store::split_by_series;
 use crate::metering::{MeterStore, UsageEvent};
 use crate::metrics::Metrics;
+
+/// Batches in the writer at once: while one commits, the next one's ledger inserts run.
+const PIPELINE_DEPTH: usize = 2;
 
 /// Retry delays for transient failures: exponential from `base` to `cap`, with jitter.
 #[derive(Debug, Clone)]
@@ -287,12 +291,11 @@ impl Consumer {
         channel: &Channel,
         dead_letters: &Channel,
     ) -> anyhow::Result<()> {
-        // Up to `writers` batches are recorded at once (each on its own connection), but
-        // `buffered` yields them in delivery order, so each ack with `multiple` covers only
-        // committed batches.
+        // Up to PIPELINE_DEPTH batches are recorded at once, but `buffered` yields them in
+        // delivery order, so each ack with `multiple` covers only committed batches.
         let mut committed = batch_stream(batches)
             .map(|batch| self.record_batch(batch))
-            .buffered(self.settings.writers.max(1));
+            .buffered(PIPELINE_DEPTH);
         while let Some(recorded) = committed.next().await {
             let Some(batch) = recorded else {
                 return Ok(()); // shutdown while the database was failing: leave unacked
@@ -310,7 +313,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Records a batch's events; `None` if shutdown came first.
+    /// Records a batch's events; `None` if shutdown came first. The events are split by
+    /// series into `writers` parts, recorded concurrently in transactions whose rows never
+    /// overlap; each part retries on its own, and the batch is done when all are.
     async fn record_batch(&self, batch: Batch) -> Option<Recorded> {
         let messages = batch.received.len();
         let mut events = Vec::with_capacity(batch.events);
@@ -321,7 +326,16 @@ impl Consumer {
                 Received::Poison(p) => poison.push(*p),
             }
         }
-        if !events.is_empty() && !self.record(&events).await {
+        let (parts, duplicates) = split_by_series(events, self.settings.writers);
+        self.metrics.events_duplicate.inc_by(duplicates);
+        let recorded = futures_util::future::join_all(
+            parts
+                .iter()
+                .filter(|part| !part.is_empty())
+                .map(|part| self.record(part)),
+        )
+        .await;
+        if recorded.contains(&false) {
             return None;
         }
         Some(Recorded {
