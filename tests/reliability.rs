@@ -715,3 +715,66 @@ async fn sigterm_under_load_exits_cleanly_and_loses_nothing() {
     settle(&app, &mut workload).await;
     assert_totals(&app.pool, &workload).await;
 }
+
+/// The consumers on `queue` as (tag, prefetch) from the broker.
+async fn broker_consumers(queue: &str) -> Vec<(String, u32)> {
+    rabbitmqctl(&[
+        "list_consumers",
+        "queue_name",
+        "consumer_tag",
+        "prefetch_count",
+        "-q",
+    ])
+    .await
+    .lines()
+    .filter_map(|line| {
+        let mut cols = line.split('\t');
+        (cols.next()? == queue)
+            .then(|| Some((cols.next()?.to_owned(), cols.next()?.parse().ok()?)))?
+    })
+    .collect()
+}
+
+/// The prefetch follows message size by replacing the consumer (a per-consumer prefetch,
+/// not the channel-wide one that costs RabbitMQ a third of its rate): after single events
+/// the one consumer has the full prefetch; after large arrays, a smaller one; nothing is
+/// lost or counted twice on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_follows_message_size_with_one_consumer_at_a_time() {
+    let mut settings = test_settings();
+    settings.amqp.prefetch = 2_000;
+    settings.amqp.max_events_in_flight = 4_000;
+    let app = spawn_app_with(settings.clone()).await;
+    let queue = settings.amqp.queue.clone();
+    let ts = Utc::now().to_rfc3339();
+    let event = |i: usize| json!({"id": format!("p{i}"), "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": 2, "memory_mb": 128});
+
+    for i in 0..300 {
+        app.publish_json(&event(i)).await;
+    }
+    common::wait_for_requests(&app.pool, 300).await;
+    let consumers = eventually("the full prefetch for single events", async || {
+        let c = broker_consumers(&queue).await;
+        (c.len() == 1 && c[0].1 == 2_000).then_some(c)
+    })
+    .await;
+
+    // 200-event arrays: about 4,000 / 200 = 20 messages in flight, once the average says so.
+    let mut next = 300;
+    for _ in 0..60 {
+        let body: Vec<Value> = (next..next + 200).map(event).collect();
+        next += 200;
+        app.publish_json(&json!(body)).await;
+    }
+    common::wait_for_requests(&app.pool, next as i64).await;
+    let narrowed = eventually("a narrower prefetch for arrays", async || {
+        let c = broker_consumers(&queue).await;
+        (c.len() == 1 && c[0].1 < 2_000).then_some(c)
+    })
+    .await;
+    assert_ne!(
+        narrowed[0].0, consumers[0].0,
+        "a new consumer, not a changed one"
+    );
+    assert_eq!(common::counted_requests(&app.pool).await, next as i64);
+}

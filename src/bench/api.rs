@@ -139,6 +139,10 @@ async fn seed(pool: &sqlx::PgPool, functions: u32) -> anyhow::Result<i64> {
     )
     .execute(&mut *tx)
     .await?;
+    // As if two writers had recorded it.
+    sqlx::query("INSERT INTO usage_versions VALUES ('bench', 0, 1), ('bench', 1, 1)")
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(rows)

@@ -22,7 +22,10 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+        ConfirmSelectOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use tokio::sync::mpsc;
@@ -37,6 +40,9 @@ use crate::metrics::Metrics;
 
 /// Batches in the writer at once: while one commits, the next one's ledger inserts run.
 const PIPELINE_DEPTH: usize = 2;
+
+/// Batches smaller than this are not split over the writers.
+const SPLIT_FROM_EVENTS: usize = 1_000;
 
 /// Retry delays for transient failures: exponential from `base` to `cap`, with jitter.
 #[derive(Debug, Clone)]
@@ -138,6 +144,13 @@ struct Poison {
     properties: BasicProperties,
 }
 
+/// The consumer being read, and the prefetch to consume with once it has drained.
+struct Deliveries {
+    tag: String,
+    stream: lapin::Consumer,
+    next_prefetch: Option<u16>,
+}
+
 /// A batch whose events are committed, waiting for its dead letters and ack.
 struct Recorded {
     last_tag: u64,
@@ -163,28 +176,12 @@ impl Consumer {
         topology::declare(&channel, s)
             .await
             .context("declare the topology")?;
-        // The broker applies a per-consumer prefetch only to consumers created after it, so
-        // the cap is set before consuming; the adaptive limit is the channel-wide one
-        // (`global`), which the broker also enforces, and which can change at any time.
         let mut prefetch = AdaptivePrefetch::new(s.prefetch, s.max_events_in_flight);
-        channel
-            .basic_qos(s.prefetch, BasicQosOptions { global: false })
-            .await?;
-        channel
-            .basic_qos(prefetch.current(), BasicQosOptions { global: true })
-            .await?;
         let dead_letters = connection.create_channel().await?;
         dead_letters
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let deliveries = channel
-            .basic_consume(
-                s.queue.as_str().into(),
-                format!("meterd-{}", uuid::Uuid::new_v4()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let deliveries = self.consume(&channel, prefetch.current()).await?;
         tracing::info!(queue = %s.queue, "consuming");
         self.metrics.consumer_connected.set(1);
         backoff.reset();
@@ -212,6 +209,53 @@ impl Consumer {
         result.map(|_| ())
     }
 
+    /// Starts consuming with a per-consumer prefetch of `prefetch` messages. The broker
+    /// applies a per-consumer prefetch only to consumers created after it, and a channel-wide
+    /// (`global`) one costs RabbitMQ about a third of its delivery rate (measured: K = 1 ran at
+    /// 0.43 × the raw ceiling with it, 0.68 without), so a new prefetch means a new consumer.
+    async fn consume(&self, channel: &Channel, prefetch: u16) -> anyhow::Result<Deliveries> {
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
+        let tag = format!("meterd-{}", uuid::Uuid::new_v4());
+        let stream = channel
+            .basic_consume(
+                self.settings.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("consume")?;
+        Ok(Deliveries {
+            tag,
+            stream,
+            next_prefetch: None,
+        })
+    }
+
+    /// The next delivery. When the prefetch is changing, the old consumer (already cancelled)
+    /// is drained to its end first, so deliveries stay in tag order, then a new one starts.
+    /// Not cancel-safe: call it only where it runs to completion.
+    async fn next_delivery(
+        &self,
+        channel: &Channel,
+        deliveries: &mut Deliveries,
+        next: Option<lapin::Result<lapin::message::Delivery>>,
+    ) -> anyhow::Result<Option<lapin::message::Delivery>> {
+        match next {
+            Some(result) => Ok(Some(result.context("delivery failed")?)),
+            None => match deliveries.next_prefetch {
+                Some(prefetch) => {
+                    *deliveries = self.consume(channel, prefetch).await?;
+                    tracing::debug!(prefetch, "consuming with a new prefetch");
+                    Ok(None)
+                }
+                None => anyhow::bail!("the broker cancelled the consumer"),
+            },
+        }
+    }
+
     /// Gathers deliveries into batches until shutdown. A batch is handed over once its
     /// linger time has passed *and* the writer is free (or once it is full), so while a
     /// commit runs the next batch keeps growing: batch size follows commit time, and
@@ -220,18 +264,21 @@ impl Consumer {
         &self,
         channel: &Channel,
         prefetch: &mut AdaptivePrefetch,
-        mut deliveries: lapin::Consumer,
+        mut deliveries: Deliveries,
         batches: mpsc::Sender<Batch>,
     ) -> anyhow::Result<()> {
         let s = &self.settings;
         let linger = Duration::from_millis(s.batch_linger_ms);
         loop {
-            let first = tokio::select! {
+            let next = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
-                next = deliveries.next() => next,
+                next = deliveries.stream.next() => next,
+            };
+            let Some(first) = self.next_delivery(channel, &mut deliveries, next).await? else {
+                continue;
             };
             let mut batch = Batch::default();
-            self.add(&mut batch, first)?;
+            self.add(&mut batch, first);
             let linger = tokio::time::sleep(linger);
             tokio::pin!(linger);
             let mut lingered = false;
@@ -243,8 +290,14 @@ impl Consumer {
                     _ = self.shutdown.cancelled() => return Ok(()), // the batch stays unacked
                     permit = batches.reserve(), if lingered || full => match permit {
                         Ok(permit) => {
-                            if let Some(qos) = prefetch.observe(batch.received.len(), batch.events) {
-                                channel.basic_qos(qos, BasicQosOptions { global: true }).await?;
+                            if deliveries.next_prefetch.is_none()
+                                && let Some(qos) = prefetch.observe(batch.received.len(), batch.events)
+                            {
+                                channel
+                                    .basic_cancel(deliveries.tag.as_str().into(), BasicCancelOptions::default())
+                                    .await
+                                    .context("cancel the consumer to change its prefetch")?;
+                                deliveries.next_prefetch = Some(qos);
                             }
                             permit.send(batch);
                             break;
@@ -252,21 +305,17 @@ impl Consumer {
                         Err(_) => return Ok(()), // the writer stopped; its error ends the session
                     },
                     _ = &mut linger, if !lingered => lingered = true,
-                    next = deliveries.next(), if !full => self.add(&mut batch, next)?,
+                    next = deliveries.stream.next(), if !full => {
+                        if let Some(delivery) = self.next_delivery(channel, &mut deliveries, next).await? {
+                            self.add(&mut batch, delivery);
+                        }
+                    }
                 }
             }
         }
     }
 
-    fn add(
-        &self,
-        batch: &mut Batch,
-        next: Option<lapin::Result<lapin::message::Delivery>>,
-    ) -> anyhow::Result<()> {
-        let delivery = match next {
-            None => anyhow::bail!("the broker cancelled the consumer"),
-            Some(result) => result.context("delivery failed")?,
-        };
+    fn add(&self, batch: &mut Batch, delivery: lapin::message::Delivery) {
         self.metrics.consumer_in_flight.inc();
         batch.last_tag = delivery.delivery_tag;
         match decode_message(&delivery.data, self.store.rules(), Utc::now()) {
@@ -281,7 +330,6 @@ impl Consumer {
                 properties: delivery.properties,
             }))),
         }
-        Ok(())
     }
 
     /// Commits batches in order until the reader stops.
@@ -326,13 +374,20 @@ impl Consumer {
                 Received::Poison(p) => poison.push(*p),
             }
         }
-        let (parts, duplicates) = split_by_series(events, self.settings.writers);
+        // A small batch is one transaction: a split would only add per-transaction costs.
+        let writers = if events.len() >= SPLIT_FROM_EVENTS {
+            self.settings.writers
+        } else {
+            1
+        };
+        let (parts, duplicates) = split_by_series(events, writers);
         self.metrics.events_duplicate.inc_by(duplicates);
         let recorded = futures_util::future::join_all(
             parts
                 .iter()
-                .filter(|part| !part.is_empty())
-                .map(|part| self.record(part)),
+                .enumerate()
+                .filter(|(_, events)| !events.is_empty())
+                .map(|(part, events)| self.record(events, part)),
         )
         .await;
         if recorded.contains(&false) {
@@ -381,11 +436,11 @@ impl Consumer {
     }
 
     /// Records events, retrying until it succeeds; false if shutdown came first.
-    async fn record(&self, events: &[UsageEvent]) -> bool {
+    async fn record(&self, events: &[UsageEvent], part: usize) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let started = std::time::Instant::now();
-            match self.store.record_events(events).await {
+            match self.store.record_part(events, part).await {
                 Ok(outcome) => {
                     self.metrics
                         .commit_seconds

@@ -95,8 +95,18 @@ impl MeterStore {
     }
 
     /// Records the events in one transaction; on error nothing is recorded.
-    #[tracing::instrument(skip_all, fields(events = events.len()))]
     pub async fn record_events(&self, events: &[UsageEvent]) -> anyhow::Result<RecordOutcome> {
+        self.record_part(events, 0).await
+    }
+
+    /// Records one part of a split batch (see [`split_by_series`]); `part` picks the row of
+    /// `usage_versions` it bumps, so concurrent parts never share a row.
+    #[tracing::instrument(skip_all, fields(events = events.len(), part))]
+    pub async fn record_part(
+        &self,
+        events: &[UsageEvent],
+        part: usize,
+    ) -> anyhow::Result<RecordOutcome> {
         // The first occurrence of an id in the batch wins; later ones are duplicates.
         let mut seen = HashSet::with_capacity(events.len());
         let mut candidates: Vec<&UsageEvent> = events
@@ -112,10 +122,13 @@ impl MeterStore {
             0 => LedgerInsert::Plain,
             _ => LedgerInsert::SkipKnown,
         };
-        let fresh = match self.record_once(&candidates, &new_tenants, first_try).await {
+        let fresh = match self
+            .record_once(&candidates, &new_tenants, part, first_try)
+            .await
+        {
             Err(error) if is_unique_violation(&error) => {
                 self.wary_batches.store(WARY_BATCHES, Ordering::Relaxed);
-                self.record_once(&candidates, &new_tenants, LedgerInsert::OnConflict)
+                self.record_once(&candidates, &new_tenants, part, LedgerInsert::OnConflict)
                     .await?
             }
             other => other?,
@@ -146,6 +159,7 @@ impl MeterStore {
         &self,
         candidates: &[&UsageEvent],
         new_tenants: &[String],
+        part: usize,
         how: LedgerInsert,
     ) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await.context("begin")?;
@@ -156,6 +170,7 @@ impl MeterStore {
         let hourly = self.aggregate(&fresh);
         upsert_hourly(&mut tx, &hourly).await?;
         upsert_monthly(&mut tx, &roll_up_monthly(&hourly)).await?;
+        bump_usage_versions(&mut tx, &fresh, part).await?;
         tx.commit().await.context("commit")?;
         Ok(fresh.len())
     }
@@ -420,6 +435,31 @@ async fn upsert_monthly(
     .execute(&mut **tx)
     .await
     .context("add to monthly buckets")?;
+    Ok(())
+}
+
+/// Bumps the usage version of every tenant the (sorted) fresh events belong to: last, in
+/// tenant order, like every other lock this transaction takes.
+async fn bump_usage_versions(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&UsageEvent],
+    part: usize,
+) -> anyhow::Result<()> {
+    let mut tenants: Vec<&str> = fresh.iter().map(|e| e.tenant.as_str()).collect();
+    tenants.dedup();
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO usage_versions AS v (tenant, slot, version)
+         SELECT unnest($1::text[]), $2, 1
+         ON CONFLICT (tenant, slot) DO UPDATE SET version = v.version + 1",
+    )
+    .bind(&tenants)
+    .bind(i32::try_from(part).context("part out of range")?)
+    .execute(&mut **tx)
+    .await
+    .context("bump usage versions")?;
     Ok(())
 }
 
