@@ -111,6 +111,11 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    // Every role rolls up: the roll-up is serialized in the database and a no-op when not due.
+    tasks.push(tokio::spawn(crate::metering::rollup::run_rollup(
+        pool.clone(),
+        shutdown.clone(),
+    )));
     if runs_consumer {
         tasks.push(tokio::spawn(run_consumer(
             settings.amqp.clone(),

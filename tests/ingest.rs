@@ -494,3 +494,187 @@ async fn every_ledger_path_counts_each_id_once_even_when_consumers_race() {
         .unwrap();
     assert_eq!(ledger, 2_010);
 }
+
+/// Ingestion writes usage_monthly only for hours already rolled up, and the roll-up adds the
+/// rest and moves its watermark. With two consumers and the roll-up racing over events spread
+/// across 30 hours (so many arrive after their hour was rolled up), a period's usage is, at
+/// every instant, exactly the hourly rows' sum, and in the end exactly the events sent, each
+/// once; and once every hour is rolled up, usage_monthly alone holds them.
+#[tokio::test]
+async fn a_roll_up_racing_ingestion_counts_every_event_once_in_its_period() {
+    use meterd::metering::{MeterStore, rollup};
+    type Sums = BTreeMap<(String, String, String, String), (i64, i64)>;
+
+    let mut app = spawn_app().await;
+    // This test drives the roll-up itself, from before the first event's hour.
+    app.stop().await;
+    sqlx::query("UPDATE usage_rollup SET rolled_to = '-infinity'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let rules = app.settings.metering.clone();
+    let first_hour = Utc::now()
+        .duration_trunc(chrono::TimeDelta::hours(1))
+        .unwrap()
+        - chrono::TimeDelta::hours(30);
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut expected = Sums::new();
+    let mut batches: Vec<Vec<Value>> = Vec::new();
+    let mut sent: Vec<Value> = Vec::new();
+    for i in 0..6_000u32 {
+        let tenant = format!("t{}", rng.random_range(0..3));
+        let function = format!("f{}", rng.random_range(0..4));
+        let arch = ["x86_64", "arm64"][rng.random_range(0..2)];
+        let at = first_hour + chrono::TimeDelta::seconds(rng.random_range(0..30 * 3600));
+        let duration: i64 = rng.random_range(1..5_000);
+        let period = meterd::billing::period::period_start(at).to_string();
+        let sums = expected
+            .entry((tenant.clone(), period, function.clone(), arch.to_owned()))
+            .or_default();
+        sums.0 += 1;
+        sums.1 += duration;
+        sent.push(
+            json!({"id": format!("e{i}"), "tenant": tenant, "function": function,
+            "arch": arch, "timestamp": at.to_rfc3339(), "duration_ms": duration, "memory_mb": 128}),
+        );
+        if sent.len() == 150 {
+            // Every batch re-sends a few ids of the one before: duplicates count once.
+            let mut batch = std::mem::take(&mut sent);
+            if let Some(prev) = batches.last() {
+                batch.extend(prev[..10].iter().cloned());
+            }
+            batches.push(batch);
+        }
+    }
+    let decode = |batch: &Vec<Value>| {
+        meterd::ingest::decode_message(&serde_json::to_vec(batch).unwrap(), &rules, Utc::now())
+            .expect("valid events")
+    };
+
+    // A period's usage as billing reads it (usage_monthly plus the hourly tail), and the
+    // hourly rows' sums, in one snapshot.
+    async fn both_views(pool: &sqlx::PgPool) -> (Sums, Sums) {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let hourly: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT tenant, date_trunc('month', hour AT TIME ZONE 'UTC')::date::text, function,
+                    arch, sum(requests)::int8, sum(billed_ms)::int8
+             FROM usage_hourly GROUP BY 1, 2, 3, 4",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let mut billed = Sums::new();
+        let mut hourly_sums = Sums::new();
+        for (tenant, period, function, arch, requests, ms) in hourly {
+            let p: chrono::NaiveDate = period.parse().unwrap();
+            if !billed.keys().any(|k| k.0 == tenant && k.1 == period) {
+                let rows: Vec<(String, String, i64, String, String)> =
+                    sqlx::query_as(rollup::PERIOD_USAGE)
+                        .bind(&tenant)
+                        .bind(p)
+                        .bind(meterd::billing::period::period_start_instant(p))
+                        .bind(meterd::billing::period::period_start_instant(
+                            meterd::billing::period::next_period(p),
+                        ))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .unwrap();
+                for (f, a, r, b, _) in rows {
+                    let key = (tenant.clone(), period.clone(), f, a);
+                    billed.insert(key, (r, b.parse().unwrap()));
+                }
+            }
+            hourly_sums.insert((tenant, period, function, arch), (requests, ms));
+        }
+        (billed, hourly_sums)
+    }
+
+    let stores = [
+        MeterStore::new(app.pool.clone(), rules.clone(), "default".into()),
+        MeterStore::new(app.pool.clone(), rules.clone(), "default".into()),
+    ];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let ingest = async {
+        let mut accepted = 0;
+        for pair in batches.chunks(2) {
+            let events: Vec<_> = pair.iter().map(decode).collect();
+            let outcomes = futures_util::future::join_all(
+                events
+                    .iter()
+                    .zip(&stores)
+                    .map(|(events, store)| store.record_events(events)),
+            )
+            .await;
+            accepted += outcomes
+                .into_iter()
+                .map(|o| o.unwrap().accepted)
+                .sum::<u64>();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        accepted
+    };
+    let roll = async {
+        let mut rolls = 0;
+        let mut hour = first_hour;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            if hour < first_hour + chrono::TimeDelta::hours(30) {
+                hour += chrono::TimeDelta::hours(1);
+                if rollup::roll_up(&app.pool, hour).await.unwrap() > 0 {
+                    rolls += 1;
+                }
+            }
+            let (billed, hourly) = both_views(&app.pool).await;
+            assert_eq!(
+                billed, hourly,
+                "period usage = hourly sums at every instant"
+            );
+        }
+        rolls
+    };
+    let (accepted, rolls) = tokio::join!(ingest, roll);
+    assert_eq!(accepted, 6_000, "each id counted once");
+    assert!(
+        rolls >= 3,
+        "the roll-up raced ingestion ({rolls} roll-ups added rows)"
+    );
+
+    let (billed, hourly) = both_views(&app.pool).await;
+    assert_eq!(billed, expected, "period usage = the events sent");
+    assert_eq!(hourly, expected, "hourly buckets = the events sent");
+    let (late,): (i64,) = sqlx::query_as("SELECT count(*) FROM usage_monthly")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        late > 0,
+        "some usage went to usage_monthly as late or rolled up"
+    );
+
+    rollup::roll_up(&app.pool, Utc::now() + chrono::TimeDelta::hours(2))
+        .await
+        .unwrap();
+    let monthly: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT tenant, period::text, function, arch, requests, billed_ms::int8 FROM usage_monthly",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let monthly: Sums = monthly
+        .into_iter()
+        .map(|(t, p, f, a, r, b)| ((t, p, f, a), (r, b)))
+        .collect();
+    assert_eq!(
+        monthly, expected,
+        "usage_monthly after rolling up every hour"
+    );
+    assert_eq!(
+        both_views(&app.pool).await.0,
+        expected,
+        "and the period usage unchanged"
+    );
+}

@@ -178,10 +178,13 @@ async fn settle(app: &TestApp, workload: &mut Workload) {
     common::wait_for_requests(&app.pool, workload.expected_count()).await;
 }
 
-/// The buckets (hourly and their monthly roll-up) and the ledger hold exactly the distinct
-/// events, each once.
+/// The buckets (hourly and, once every hour is rolled up, monthly) and the ledger hold exactly
+/// the distinct events, each once.
 async fn assert_totals(pool: &PgPool, workload: &Workload) {
     let expected = workload.expected_totals();
+    meterd::metering::rollup::roll_up(pool, Utc::now() + chrono::Duration::days(2))
+        .await
+        .unwrap();
     for (table, query) in [
         (
             "usage_hourly",

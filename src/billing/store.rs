@@ -416,15 +416,14 @@ async fn period_usage(
     tenant: &str,
     period: NaiveDate,
 ) -> anyhow::Result<PeriodUsage> {
-    let rows: Vec<UsageRowText> = sqlx::query_as(
-        "SELECT function, arch, requests, billed_ms::text, mb_ms::text
-         FROM usage_monthly WHERE tenant = $1 AND period = $2",
-    )
-    .bind(tenant)
-    .bind(period)
-    .fetch_all(&mut *conn)
-    .await
-    .context("read the period's usage")?;
+    let rows: Vec<UsageRowText> = sqlx::query_as(crate::metering::rollup::PERIOD_USAGE)
+        .bind(tenant)
+        .bind(period)
+        .bind(period_start_instant(period))
+        .bind(period_start_instant(next_period(period)))
+        .fetch_all(&mut *conn)
+        .await
+        .context("read the period's usage")?;
     usage_from_rows(rows)
 }
 

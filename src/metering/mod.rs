@@ -2,6 +2,7 @@
 //! hourly buckets that hold them.
 
 mod event;
+pub mod rollup;
 mod rules;
 pub mod store;
 pub mod usage;

@@ -1,6 +1,7 @@
 //! Records a batch of usage events exactly once: one transaction that creates unknown
 //! tenants, inserts every event id into the accepted-event ledger, and adds only the events
-//! the ledger had not seen to the hourly and monthly buckets.
+//! the ledger had not seen to the hourly buckets (and to the monthly ones for hours already
+//! rolled up, see [`rollup`]).
 //!
 //! The ledger insert is most of the database's work per event, and `ON CONFLICT DO NOTHING`
 //! costs about twice a plain insert (a speculative insertion per row). So a batch is first
@@ -10,8 +11,8 @@
 //! it is recorded again from scratch with `ON CONFLICT DO NOTHING`, which always succeeds.
 //! The unique index, not the choice of statement, is what guarantees exactly once.
 //!
-//! Locks are always taken in the same order (tenants, ledger, hourly, monthly; each sorted by
-//! key, byte order = the "C" collation), so competing consumers wait for each other but never
+//! Locks are always taken in the same order (the roll-up lock, shared; then tenants, ledger,
+//! hourly, monthly, usage versions; each sorted by key, byte order = the "C" collation), so competing consumers wait for each other but never
 //! deadlock, and a duplicate racing its twin in another transaction waits for that
 //! transaction and is then seen as a duplicate.
 
@@ -24,7 +25,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{MeteringRules, UsageEvent};
+use super::{MeteringRules, UsageEvent, rollup};
 
 /// What a batch did: events newly counted and events already counted before.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -163,13 +164,12 @@ impl MeterStore {
         how: LedgerInsert,
     ) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await.context("begin")?;
+        rollup::hold_off_rollup(&mut tx).await?;
         if !new_tenants.is_empty() {
             create_tenants(&mut tx, new_tenants, &self.default_plan).await?;
         }
         let fresh = insert_into_ledger(&mut tx, candidates, how).await?;
-        let hourly = self.aggregate(&fresh);
-        upsert_hourly(&mut tx, &hourly).await?;
-        upsert_monthly(&mut tx, &roll_up_monthly(&hourly)).await?;
+        add_to_buckets(&mut tx, &self.aggregate(&fresh)).await?;
         bump_usage_versions(&mut tx, &fresh, part).await?;
         tx.commit().await.context("commit")?;
         Ok(fresh.len())
@@ -355,86 +355,75 @@ async fn insert_into_ledger<'a>(
     Ok(fresh)
 }
 
-async fn upsert_hourly(
+/// Adds the batch to the hourly buckets, and to the monthly ones where the hour is already
+/// rolled up (late usage, see [`rollup`]).
+async fn add_to_buckets(
     tx: &mut Transaction<'_, Postgres>,
     buckets: &BTreeMap<BucketKey<'_>, BucketSums>,
 ) -> anyhow::Result<()> {
-    if buckets.is_empty() {
+    let Some(first_hour) = buckets.keys().map(|k| k.start).min() else {
         return Ok(());
-    }
+    };
     let mut columns = BucketColumns::default();
     for (k, sums) in buckets {
         columns.push(k.tenant, k.function, k.arch, sums);
     }
     let hours: Vec<DateTime<Utc>> = buckets.keys().map(|k| k.start).collect();
-    sqlx::query(
-        "INSERT INTO usage_hourly AS u (tenant, hour, function, arch, requests, billed_ms, mb_ms)
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
-                              $5::int8[], $6::numeric[], $7::numeric[])
-         ON CONFLICT (tenant, hour, function, arch) DO UPDATE SET
-             requests = u.requests + EXCLUDED.requests,
-             billed_ms = u.billed_ms + EXCLUDED.billed_ms,
-             mb_ms = u.mb_ms + EXCLUDED.mb_ms",
-    )
-    .bind(&columns.tenants)
-    .bind(&hours)
-    .bind(&columns.functions)
-    .bind(&columns.archs)
-    .bind(&columns.requests)
-    .bind(&columns.billed_ms)
-    .bind(&columns.mb_ms)
-    .execute(&mut **tx)
+    macro_rules! bind_columns {
+        ($query:expr) => {
+            $query
+                .bind(&columns.tenants)
+                .bind(&hours)
+                .bind(&columns.functions)
+                .bind(&columns.archs)
+                .bind(&columns.requests)
+                .bind(&columns.billed_ms)
+                .bind(&columns.mb_ms)
+        };
+    }
+    macro_rules! batch_rows {
+        () => {
+            "unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                    $5::int8[], $6::numeric[], $7::numeric[])
+             AS b (tenant, hour, function, arch, requests, billed_ms, mb_ms)"
+        };
+    }
+    let (late,): (bool,) = bind_columns!(sqlx::query_as(concat!(
+        "WITH hourly AS (
+             INSERT INTO usage_hourly AS u (tenant, hour, function, arch, requests, billed_ms, mb_ms)
+             SELECT * FROM ",
+        batch_rows!(),
+        "
+             ON CONFLICT (tenant, hour, function, arch) DO UPDATE SET
+                 requests = u.requests + EXCLUDED.requests,
+                 billed_ms = u.billed_ms + EXCLUDED.billed_ms,
+                 mb_ms = u.mb_ms + EXCLUDED.mb_ms)
+         SELECT rolled_to > $8 FROM usage_rollup"
+    )))
+    .bind(first_hour)
+    .fetch_one(&mut **tx)
     .await
     .context("add to hourly buckets")?;
-    Ok(())
-}
-
-fn roll_up_monthly<'a>(
-    hourly: &BTreeMap<BucketKey<'a>, BucketSums>,
-) -> BTreeMap<(&'a str, NaiveDate, &'a str, &'static str), BucketSums> {
-    let mut monthly = BTreeMap::new();
-    for (k, s) in hourly {
-        let sums: &mut BucketSums = monthly
-            .entry((k.tenant, period_start(k.start), k.function, k.arch))
-            .or_default();
-        sums.requests += s.requests;
-        sums.billed_ms += s.billed_ms;
-        sums.mb_ms += s.mb_ms;
+    if late {
+        bind_columns!(sqlx::query(concat!(
+            "INSERT INTO usage_monthly AS u (tenant, period, function, arch, requests, billed_ms, mb_ms)
+             SELECT tenant, (date_trunc('month', hour AT TIME ZONE 'UTC'))::date, function, arch,
+                    sum(requests)::int8, sum(billed_ms), sum(mb_ms)
+             FROM ",
+            batch_rows!(),
+            "
+             WHERE hour < (SELECT rolled_to FROM usage_rollup)
+             GROUP BY 1, 2, 3, 4
+             ORDER BY 1, 2, 3, 4
+             ON CONFLICT (tenant, period, function, arch) DO UPDATE SET
+                 requests = u.requests + EXCLUDED.requests,
+                 billed_ms = u.billed_ms + EXCLUDED.billed_ms,
+                 mb_ms = u.mb_ms + EXCLUDED.mb_ms"
+        )))
+        .execute(&mut **tx)
+        .await
+        .context("add late usage to monthly buckets")?;
     }
-    monthly
-}
-
-async fn upsert_monthly(
-    tx: &mut Transaction<'_, Postgres>,
-    buckets: &BTreeMap<(&str, NaiveDate, &str, &'static str), BucketSums>,
-) -> anyhow::Result<()> {
-    if buckets.is_empty() {
-        return Ok(());
-    }
-    let periods: Vec<NaiveDate> = buckets.keys().map(|k| k.1).collect();
-    let mut columns = BucketColumns::default();
-    for ((tenant, _, function, arch), sums) in buckets {
-        columns.push(tenant, function, arch, sums);
-    }
-    sqlx::query(
-        "INSERT INTO usage_monthly AS u (tenant, period, function, arch, requests, billed_ms, mb_ms)
-         SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[],
-                              $5::int8[], $6::numeric[], $7::numeric[])
-         ON CONFLICT (tenant, period, function, arch) DO UPDATE SET
-             requests = u.requests + EXCLUDED.requests,
-             billed_ms = u.billed_ms + EXCLUDED.billed_ms,
-             mb_ms = u.mb_ms + EXCLUDED.mb_ms",
-    )
-    .bind(&columns.tenants)
-    .bind(&periods)
-    .bind(&columns.functions)
-    .bind(&columns.archs)
-    .bind(&columns.requests)
-    .bind(&columns.billed_ms)
-    .bind(&columns.mb_ms)
-    .execute(&mut **tx)
-    .await
-    .context("add to monthly buckets")?;
     Ok(())
 }
 
