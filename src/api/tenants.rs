@@ -14,9 +14,10 @@ use super::{
     openapi,
     plans::{ListParams, storage_error},
 };
+use crate::billing::period::period_start;
 use crate::billing::period::{format_period, parse_period};
 use crate::billing::plans::{self, AssignPlanError, TenantSummary};
-use crate::metering::{TenantId, store::period_start};
+use crate::metering::TenantId;
 
 /// The body of `PUT /v1/tenants/{tenant}`, read field by field so that every problem names
 /// its field. Unknown fields are refused: `#[serde(deny_unknown_fields)]` only tells the schema

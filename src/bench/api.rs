@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, ServeRole};
+use crate::billing::period::{next_period, period_start, period_start_instant};
 use crate::config::Settings;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -138,12 +139,8 @@ async fn seed(pool: &sqlx::PgPool, functions: u32) -> anyhow::Result<i64> {
     tx.commit().await?;
     // Steady state: every hour but the last one or two is rolled up; rolling up all of them
     // leaves the draft the same rows to read.
-    let (month_end,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
-        "SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'",
-    )
-    .fetch_one(pool)
-    .await?;
-    crate::metering::rollup::roll_up(pool, month_end).await?;
+    let next = next_period(period_start(chrono::Utc::now()));
+    crate::metering::rollup::roll_up(pool, period_start_instant(next)).await?;
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(rows)
 }

@@ -3,7 +3,10 @@
 use anyhow::Context;
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 
-pub use crate::metering::store::period_start;
+/// The billing period (first day of the UTC month) an instant falls in.
+pub fn period_start(t: DateTime<Utc>) -> NaiveDate {
+    NaiveDate::from_ymd_opt(t.year(), t.month(), 1).expect("first of a month is valid")
+}
 
 /// Parses `YYYY-MM` into the first day of that month.
 pub fn parse_period(text: &str) -> Option<NaiveDate> {

@@ -12,8 +12,8 @@
 //! The unique index, not the choice of statement, is what guarantees exactly once.
 //!
 //! Locks are always taken in the same order (the roll-up lock, shared; then tenants, ledger,
-//! hourly, monthly, usage versions; each sorted by key, byte order = the "C" collation), so competing consumers wait for each other but never
-//! deadlock, and a duplicate racing its twin in another transaction waits for that
+//! hourly, monthly, usage versions; each sorted by key, byte order = the "C" collation), so
+//! competing consumers wait for each other but never deadlock, and a duplicate racing its twin in another transaction waits for that
 //! transaction and is then seen as a duplicate.
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context;
-use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -256,11 +256,6 @@ pub fn hour_start(t: DateTime<Utc>) -> DateTime<Utc> {
         .and_then(|t| t.with_second(0))
         .and_then(|t| t.with_minute(0))
         .expect("truncating to the hour is always valid")
-}
-
-/// The billing period (first day of the UTC month) an instant falls in.
-pub fn period_start(t: DateTime<Utc>) -> NaiveDate {
-    NaiveDate::from_ymd_opt(t.year(), t.month(), 1).expect("first of a month is valid")
 }
 
 async fn create_tenants(
