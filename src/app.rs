@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, auth::hash_key};
-use crate::billing::store::{BillingConfig, run_finalizer};
+use crate::billing::store::{BillingConfig, finalize_due};
 use crate::config::{DEV_ADMIN_KEY, Settings};
 use crate::ingest::{consumer::Backoff, run_consumer};
-use crate::metering::MeterStore;
+use crate::metering::{MeterStore, retention, rollup};
 use crate::metrics::Metrics;
 
 /// Which parts of meterd a process runs.
@@ -103,18 +103,47 @@ pub async fn start(
         handle.stop(true).await;
     }));
     if role != ServeRole::Consumer && settings.billing.auto_finalize {
-        tasks.push(tokio::spawn(run_finalizer(
+        let (pool, config, metrics) = (
             pool.clone(),
             BillingConfig::from_settings(&settings),
             metrics.clone(),
-            Duration::from_secs(settings.billing.finalize_interval_secs),
+        );
+        let interval = Duration::from_secs(settings.billing.finalize_interval_secs);
+        tasks.push(tokio::spawn(run_every(
+            "invoices finalized",
+            interval,
             shutdown.clone(),
+            move || {
+                let (pool, config, metrics) = (pool.clone(), config.clone(), metrics.clone());
+                async move {
+                    let created = finalize_due(&pool, &config, chrono::Utc::now()).await?;
+                    metrics.invoices_finalized.inc_by(created);
+                    Ok(created)
+                }
+            },
         )));
     }
-    // Every role rolls up: the roll-up is serialized in the database and a no-op when not due.
-    tasks.push(tokio::spawn(crate::metering::rollup::run_rollup(
-        pool.clone(),
+    // Every role rolls up and prunes: both are safe to run concurrently, and cheap when there
+    // is nothing to do.
+    let rollup_pool = pool.clone();
+    tasks.push(tokio::spawn(run_every(
+        "hourly rows rolled up into usage_monthly",
+        rollup::ROLLUP_INTERVAL,
         shutdown.clone(),
+        move || {
+            let pool = rollup_pool.clone();
+            async move { rollup::roll_up_due(&pool).await }
+        },
+    )));
+    let (prune_pool, max_age) = (pool.clone(), settings.metering.max_event_age_days);
+    tasks.push(tokio::spawn(run_every(
+        "ledger rows pruned",
+        retention::PRUNE_INTERVAL,
+        shutdown.clone(),
+        move || {
+            let pool = prune_pool.clone();
+            async move { retention::prune_ledger(&pool, max_age).await }
+        },
     )));
     if runs_consumer {
         tasks.push(tokio::spawn(run_consumer(
@@ -149,6 +178,34 @@ async fn migrate_with_retry(
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
+        }
+    }
+}
+
+/// Runs `job` now and then every `interval` until shutdown; `job` returns how many `what` it
+/// did, logged when not zero. A failed run is logged and tried again at the next tick: every
+/// periodic job is idempotent.
+async fn run_every<F, Fut>(
+    what: &'static str,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    loop {
+        match job().await {
+            Ok(0) => {}
+            Ok(done) => tracing::info!(done, "{what}"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "periodic task failed ({what}); will retry"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

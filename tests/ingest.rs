@@ -678,3 +678,74 @@ async fn a_roll_up_racing_ingestion_counts_every_event_once_in_its_period() {
         "and the period usage unchanged"
     );
 }
+
+/// The ledger forgets only ids whose events would be rejected as too old anyway: rows
+/// accepted more than `max_event_age_days` + 1 day ago go (in chunks, however many there
+/// are), younger rows stay and still make re-sent events duplicates, and the buckets keep
+/// everything they counted.
+#[tokio::test]
+async fn pruning_the_ledger_forgets_only_ids_that_could_no_longer_be_accepted() {
+    use meterd::metering::retention::prune_ledger;
+
+    let app = spawn_app().await;
+    let max_age = app.settings.metering.max_event_age_days;
+    let at = Utc::now() - Duration::minutes(5);
+    let events: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"id": format!("e{i}"), "tenant": "acme", "function": "f", "arch": "arm64",
+                   "timestamp": at.to_rfc3339(), "duration_ms": 10, "memory_mb": 128})
+        })
+        .collect();
+    app.ingest(&events).await;
+    // e0..e9 were accepted just over the retention ago, e10..e19 just inside it.
+    for (ids, age) in [
+        ("^e[0-9]$", format!("{} days 1 hour", max_age + 1)),
+        ("^e1[0-9]$", format!("{} days 23 hours", max_age)),
+    ] {
+        sqlx::query(
+            "UPDATE accepted_events SET accepted_at = now() - $2::interval
+             WHERE tenant = 'acme' AND event_id ~ $1",
+        )
+        .bind(ids)
+        .bind(age)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    // More prunable rows than one delete statement takes.
+    sqlx::query(
+        "INSERT INTO accepted_events (tenant, event_id, accepted_at)
+         SELECT 'old', 'o' || n, now() - make_interval(days => $1 + 2)
+         FROM generate_series(1, 25000) AS n",
+    )
+    .bind(max_age as i32)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // (The app's own pruner ran at start, before any of this; the state is what is asserted.)
+    prune_ledger(&app.pool, max_age).await.unwrap();
+    assert_eq!(
+        prune_ledger(&app.pool, max_age).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let mut kept: Vec<(String,)> =
+        sqlx::query_as("SELECT event_id FROM accepted_events ORDER BY event_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    kept.sort_by_key(|(id,)| id[1..].parse::<u32>().unwrap());
+    let kept: Vec<String> = kept.into_iter().map(|(id,)| id).collect();
+    let expected: Vec<String> = (10..30).map(|i| format!("e{i}")).collect();
+    assert_eq!(kept, expected);
+    assert_eq!(
+        app.counted_requests().await,
+        30,
+        "buckets keep pruned events"
+    );
+
+    // Ids still in the ledger are still duplicates.
+    app.ingest(&events[10..]).await;
+    assert_eq!(app.counted_requests().await, 30);
+}

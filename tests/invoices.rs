@@ -647,3 +647,93 @@ async fn the_upcoming_draft_follows_usage_plans_and_finalizations_at_once() {
     );
     assert_sums(&doc);
 }
+
+/// `serve` finalizes ended periods by itself: every period that ended, once, oldest first, and
+/// never the open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_inside_serve_finalizes_every_ended_period_by_itself() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let (p2, p1, p0) = (months_back(2), months_back(1), months_back(0));
+    put_tenant(&app, "acme", "simple", p2).await;
+    let mut usage = Usage::new();
+    let ms2 = usage.add("acme", "f", inside(p2, 5, 3), 20, 0);
+    let ms1 = usage.add("acme", "f", inside(p1, 9, 7), 30, 100);
+    usage.add("acme", "f", inside(p0, 1, 1), 10, 200);
+    usage.send(&app).await;
+    assert!(invoices(&app, "acme").await.is_empty());
+
+    // A second meterd on the same database with the finalizer on (the test app has it off, so
+    // the usage above was in place before any finalizer pass).
+    let mut settings = app.settings.clone();
+    settings.billing.auto_finalize = true;
+    settings.billing.finalize_interval_secs = 1;
+    settings.billing.grace_period_secs = 0;
+    let finalizer = meterd::app::start(
+        settings,
+        meterd::app::ServeRole::Api,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let list = loop {
+        let list = invoices(&app, "acme").await;
+        if list.len() >= 2 {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the finalizer did not finalize both ended periods within 30 s: {list:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    finalizer.stop().await;
+
+    assert_eq!(list.len(), 2, "the open period is never finalized");
+    let prefix = &app.settings.billing.invoice_prefix;
+    for (summary, period, n, ms, number) in [(&list[1], p2, 20, ms2, 1), (&list[0], p1, 30, ms1, 2)]
+    {
+        assert_eq!(summary["period"], label(period));
+        assert_eq!(summary["number"], format!("{prefix}-{number:08}"));
+        let (req, comp) = expected_amounts(n, ms);
+        assert_eq!(amount(&summary["total"]), req + comp, "{summary}");
+    }
+}
+
+/// A finalizer pass leaves a period alone until `billing.grace_period_secs` after it ended,
+/// then invoices it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalizer_pass_waits_for_the_grace_period() {
+    use meterd::billing::store::{BillingConfig, finalize_due};
+
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("0")).await;
+    let p1 = months_back(1);
+    put_tenant(&app, "acme", "simple", p1).await;
+    let mut usage = Usage::new();
+    usage.add("acme", "f", inside(p1, 2, 12), 8, 0);
+    usage.send(&app).await;
+
+    let mut settings = app.settings.clone();
+    settings.billing.grace_period_secs = 3600;
+    let config = BillingConfig::from_settings(&settings);
+    let ended = meterd::billing::period::period_start_instant(months_back(0));
+    let pass = |now| finalize_due(&app.pool, &config, now);
+    assert_eq!(
+        pass(ended + chrono::Duration::seconds(3599)).await.unwrap(),
+        0
+    );
+    assert!(invoices(&app, "acme").await.is_empty(), "still in grace");
+    assert_eq!(
+        pass(ended + chrono::Duration::seconds(3600)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        pass(ended + chrono::Duration::seconds(7200)).await.unwrap(),
+        0
+    );
+    let list = invoices(&app, "acme").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["period"], label(p1));
+}

@@ -9,13 +9,11 @@
 //! buckets hold beyond that.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
 
 use super::invoice::{
     BuiltInvoice, ClosedPeriod, Counters, InvoiceDocument, PeriodRange, PeriodUsage, PlanRef,
@@ -549,30 +547,6 @@ pub async fn list_invoices(
         r.period = format_period(r.period_date);
     }
     Ok(rows)
-}
-
-/// Finalizes every ended period (past the grace period) that late usage can still reach,
-/// every `interval`, until shutdown.
-pub async fn run_finalizer(
-    pool: PgPool,
-    config: BillingConfig,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        match finalize_due(&pool, &config, Utc::now()).await {
-            Ok(created) => metrics.invoices_finalized.inc_by(created),
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "finalizer pass failed; will retry"
-            ),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
 }
 
 /// One finalizer pass: returns how many invoices it created.

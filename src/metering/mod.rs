@@ -2,6 +2,7 @@
 //! hourly buckets that hold them.
 
 mod event;
+pub mod retention;
 pub mod rollup;
 mod rules;
 pub mod store;

@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio_util::sync::CancellationToken;
 
 /// The advisory lock (two-key form) between ingest transactions and the roll-up.
 const ROLLUP_LOCK: (i32, i32) = (0x726f_6c6c, 0); // "roll"
@@ -107,7 +106,8 @@ pub async fn roll_up(pool: &PgPool, before: DateTime<Utc>) -> anyhow::Result<u64
     Ok(added)
 }
 
-/// Rolls up the hours that ended at least [`ROLLUP_LAG`] ago (by the database's clock).
+/// Rolls up the hours that ended at least [`ROLLUP_LAG`] ago (by the database's clock);
+/// `serve` runs it every [`ROLLUP_INTERVAL`].
 pub async fn roll_up_due(pool: &PgPool) -> anyhow::Result<u64> {
     let (before,): (DateTime<Utc>,) =
         sqlx::query_as("SELECT date_trunc('hour', now() - $1::interval, 'UTC')")
@@ -116,22 +116,4 @@ pub async fn roll_up_due(pool: &PgPool) -> anyhow::Result<u64> {
             .await
             .context("read the database clock")?;
     roll_up(pool, before).await
-}
-
-/// Runs [`roll_up_due`] every [`ROLLUP_INTERVAL`] until shutdown.
-pub async fn run_rollup(pool: PgPool, shutdown: CancellationToken) {
-    loop {
-        match roll_up_due(&pool).await {
-            Ok(0) => {}
-            Ok(rows) => tracing::info!(rows, "rolled hourly usage up into usage_monthly"),
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "monthly roll-up failed; will retry"
-            ),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ROLLUP_INTERVAL) => {}
-        }
-    }
 }
