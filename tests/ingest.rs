@@ -5,10 +5,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use common::{spawn_app, spawn_app_with, test_settings};
+use common::{spawn_app, spawn_app_role, spawn_app_with, test_settings};
+use meterd::app::ServeRole;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// An event as the test generates it, with durations in exact microseconds.
 #[derive(Clone)]
@@ -247,6 +249,69 @@ async fn duplicates_count_once_whatever_their_other_fields_say() {
     );
     assert_eq!(app.metrics().events_duplicate.get(), 3);
     assert_eq!(app.metrics().events_accepted.get(), 5);
+}
+
+/// Batches are recorded two at a time; a later copy of an id in the next batch must still
+/// lose to the first copy delivered, however the two transactions interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_delivered_copy_of_an_id_counts_even_when_batches_overlap() {
+    let mut settings = test_settings();
+    // Small batches from a backlog, so an original and its later copy travel in batches
+    // recorded at the same time.
+    settings.amqp.batch_max_messages = 8;
+    let app = spawn_app_role(settings.clone(), ServeRole::Api).await;
+    let ts = Utc::now().to_rfc3339();
+    let e = |id: usize, duration: u64| json!({"id": id.to_string(), "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": duration, "memory_mb": 128});
+    const IDS: usize = 1_000;
+    const LAG: usize = 8;
+    // Each round starts a fresh consumer (and pool) on a new backlog: the two transactions
+    // of a consumer's first batches race hardest while their connections are being opened.
+    for round in 0..4 {
+        let first = round * IDS;
+        let mut backlog = Vec::with_capacity(2 * IDS);
+        for i in first..first + IDS + LAG {
+            if i < first + IDS {
+                backlog.push(e(i, 100));
+            }
+            if i >= first + LAG {
+                backlog.push(e(i - LAG, 999));
+            }
+        }
+        app.publish_all(&backlog).await;
+        let consumer = meterd::app::start(
+            settings.clone(),
+            ServeRole::Consumer,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("the consumer starts");
+        let counted = (first + IDS) as i64;
+        app.wait_for_requests(counted).await;
+        // The later copies may still be on their way: every one must end up a duplicate.
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        while consumer.metrics.events_duplicate.get() < IDS as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the copies were not all seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(consumer.metrics.events_duplicate.get(), IDS as u64);
+        assert_eq!(consumer.metrics.events_accepted.get(), IDS as u64);
+        consumer.stop().await;
+        let (requests, ms): (i64, Decimal) = sqlx::query_as(
+            "SELECT sum(requests)::int8, sum(billed_ms) FROM usage_hourly WHERE tenant = 'acme'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(requests, counted);
+        assert_eq!(
+            ms,
+            Decimal::from(100 * counted),
+            "every id must be billed as its first delivered copy (round {round})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

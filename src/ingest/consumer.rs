@@ -14,6 +14,8 @@
 //! redelivered, and the ledger makes the replay count nothing twice. A broken broker
 //! session is torn down and re-established with backoff.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{Rejection, decode_message};
@@ -163,6 +165,58 @@ struct Batch {
     received: Vec<Received>,
     events: usize,
     last_tag: u64,
+}
+
+/// A batch ready to record: its events without in-batch duplicates, split by series into
+/// one part per writer, and a fingerprint of each event's (tenant, id).
+struct Prepared {
+    parts: Vec<Vec<UsageEvent>>,
+    duplicates: u64,
+    ids: Arc<HashSet<u64>>,
+    last_tag: u64,
+    messages: usize,
+    poison: Vec<Poison>,
+}
+
+impl Prepared {
+    fn new(batch: Batch, writers: usize) -> Self {
+        let messages = batch.received.len();
+        let mut events = Vec::with_capacity(batch.events);
+        let mut poison = Vec::new();
+        for received in batch.received {
+            match received {
+                Received::Events(mut e) => events.append(&mut e),
+                Received::Poison(p) => poison.push(*p),
+            }
+        }
+        // A small batch is one transaction: a split would only add per-transaction costs.
+        let writers = if events.len() >= SPLIT_FROM_EVENTS {
+            writers
+        } else {
+            1
+        };
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        let ids = events
+            .iter()
+            .map(|e| hasher.hash_one((e.tenant.as_str(), e.id.as_str())))
+            .collect();
+        let (parts, duplicates) = split_by_series(events, writers);
+        Prepared {
+            parts,
+            duplicates,
+            ids: Arc::new(ids),
+            last_tag: batch.last_tag,
+            messages,
+            poison,
+        }
+    }
+}
+
+/// The batch recorded before the one being prepared: the ids it holds (equal fingerprints
+/// may be a collision, which costs only a wait) and the signal of its commit.
+struct InFlight {
+    ids: Arc<HashSet<u64>>,
+    done: oneshot::Receiver<()>,
 }
 
 impl Consumer {
@@ -341,8 +395,21 @@ impl Consumer {
     ) -> anyhow::Result<()> {
         // Up to PIPELINE_DEPTH batches are recorded at once, but `buffered` yields them in
         // delivery order, so each ack with `multiple` covers only committed batches.
+        let mut before: Option<InFlight> = None;
         let mut committed = batch_stream(batches)
-            .map(|batch| self.record_batch(batch))
+            .map(|batch| {
+                let batch = Prepared::new(batch, self.settings.writers);
+                self.metrics.events_duplicate.inc_by(batch.duplicates);
+                let (done, done_rx) = oneshot::channel();
+                let after = before
+                    .replace(InFlight {
+                        ids: batch.ids.clone(),
+                        done: done_rx,
+                    })
+                    .filter(|earlier| !earlier.ids.is_disjoint(&batch.ids))
+                    .map(|earlier| earlier.done);
+                self.record_batch(batch, after, done)
+            })
             .buffered(PIPELINE_DEPTH);
         while let Some(recorded) = committed.next().await {
             let Some(batch) = recorded else {
@@ -361,29 +428,24 @@ impl Consumer {
         Ok(())
     }
 
-    /// Records a batch's events; `None` if shutdown came first. The events are split by
-    /// series into `writers` parts, recorded concurrently in transactions whose rows never
-    /// overlap; each part retries on its own, and the batch is done when all are.
-    async fn record_batch(&self, batch: Batch) -> Option<Recorded> {
-        let messages = batch.received.len();
-        let mut events = Vec::with_capacity(batch.events);
-        let mut poison = Vec::new();
-        for received in batch.received {
-            match received {
-                Received::Events(mut e) => events.append(&mut e),
-                Received::Poison(p) => poison.push(*p),
-            }
+    /// Records a batch's parts concurrently, in transactions whose rows never overlap; each
+    /// part retries on its own, and the batch is done when all are. `None` if shutdown came
+    /// first. A batch sharing event ids with the batch before it waits for that one to
+    /// commit (`after`), so the first delivery of an id is the one counted; `done` says
+    /// this batch has committed.
+    async fn record_batch(
+        &self,
+        batch: Prepared,
+        after: Option<oneshot::Receiver<()>>,
+        done: oneshot::Sender<()>,
+    ) -> Option<Recorded> {
+        if let Some(earlier) = after {
+            // An error means the earlier batch was abandoned (shutdown): nothing to wait for.
+            let _ = earlier.await;
         }
-        // A small batch is one transaction: a split would only add per-transaction costs.
-        let writers = if events.len() >= SPLIT_FROM_EVENTS {
-            self.settings.writers
-        } else {
-            1
-        };
-        let (parts, duplicates) = split_by_series(events, writers);
-        self.metrics.events_duplicate.inc_by(duplicates);
         let recorded = futures_util::future::join_all(
-            parts
+            batch
+                .parts
                 .iter()
                 .enumerate()
                 .filter(|(_, events)| !events.is_empty())
@@ -393,10 +455,11 @@ impl Consumer {
         if recorded.contains(&false) {
             return None;
         }
+        let _ = done.send(());
         Some(Recorded {
             last_tag: batch.last_tag,
-            messages,
-            poison,
+            messages: batch.messages,
+            poison: batch.poison,
         })
     }
 

@@ -167,6 +167,33 @@ impl TestApp {
         assert!(!confirm.is_nack(), "the broker refused a test message");
     }
 
+    /// Publishes each value as its own message, waiting for the broker's confirms only at
+    /// the end, so a backlog builds up fast.
+    pub async fn publish_all(&self, bodies: &[Value]) {
+        self.channel.confirm_select(Default::default()).await.ok();
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.settings.amqp.exchange.as_str().into(),
+                    "usage.test".into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(body).unwrap(),
+                    BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirm = confirm.await.expect("publish confirm");
+            assert!(!confirm.is_nack(), "the broker refused a test message");
+        }
+    }
+
     pub async fn publish_json(&self, body: &Value) {
         self.publish(&serde_json::to_vec(body).unwrap()).await
     }
