@@ -37,6 +37,43 @@ pub struct IngestBenchOptions {
     /// Events per message.
     #[arg(long, default_value_t = 1)]
     pub per_message: usize,
+    /// Measurements to take, each on fresh backlogs; with more than one, a summary line
+    /// with the medians follows (the raw ceiling of a shared machine drifts between runs).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+}
+
+/// Runs [`ingest`] `opts.rounds` times, handing each report to `report`; with more than
+/// one round, returns a summary of the ratios and rates with their medians.
+pub async fn ingest_rounds(
+    settings: &Settings,
+    opts: &IngestBenchOptions,
+    mut report: impl FnMut(&serde_json::Value),
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let mut runs = Vec::with_capacity(opts.rounds);
+    for _ in 0..opts.rounds.max(1) {
+        let run = ingest(settings, opts).await?;
+        report(&run);
+        runs.push(run);
+    }
+    if runs.len() < 2 {
+        return Ok(None);
+    }
+    let figures = |key: &str| -> Vec<f64> {
+        runs.iter()
+            .map(|run| run[key].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    Ok(Some(json!({
+        "bench": "ingest-summary",
+        "rounds": runs.len(),
+        "per_message": opts.per_message,
+        "ratios": figures("ratio"),
+        "ratio_median": median(figures("ratio")),
+        "raw_events_per_s_median": median(figures("raw_events_per_s")),
+        "meterd_events_per_s_median": median(figures("meterd_events_per_s")),
+        "rss_mb_peak_max": figures("rss_mb_peak").into_iter().fold(0.0, f64::max),
+    })))
 }
 
 pub async fn ingest(
@@ -230,6 +267,18 @@ async fn visibility_latency(
         "p99_ms": round(pct(0.99)),
         "max_ms": round(pct(1.0)),
     }))
+}
+
+/// The middle value (the mean of the two middle ones for an even count), rounded; NaN for
+/// none.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    round(match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (xs[mid - 1] + xs[mid]) / 2.0,
+        _ => xs[mid],
+    })
 }
 
 fn round(x: f64) -> f64 {
@@ -499,4 +548,17 @@ async fn http_get_csv(
         bytes,
         first_byte_secs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_take_the_middle_of_sorted_figures() {
+        assert_eq!(median(vec![0.9, 0.5, 0.7]), 0.7);
+        assert_eq!(median(vec![0.8, 0.5, 0.7, 1.2]), 0.75);
+        assert_eq!(median(vec![3.0]), 3.0);
+        assert!(median(vec![]).is_nan());
+    }
 }

@@ -152,8 +152,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ingest(options)) => {
-            let report = bench::ingest(&settings, &options).await?;
-            println!("{report}");
+            let summary =
+                bench::ingest_rounds(&settings, &options, |report| println!("{report}")).await?;
+            if let Some(summary) = summary {
+                println!("{summary}");
+            }
             Ok(())
         }
         Command::Bench(BenchCommand::Export(options)) => {
