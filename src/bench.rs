@@ -72,7 +72,6 @@ pub async fn ingest_rounds(
         "ratio_median": median(figures("ratio")),
         "raw_events_per_s_median": median(figures("raw_events_per_s")),
         "meterd_events_per_s_median": median(figures("meterd_events_per_s")),
-        "rss_mb_peak_max": figures("rss_mb_peak").into_iter().fold(0.0, f64::max),
     })))
 }
 

@@ -24,6 +24,14 @@ pub struct Settings {
     pub metering: MeteringRules,
     pub billing: BillingSettings,
     pub log: LogSettings,
+    pub runtime: RuntimeSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeSettings {
+    /// Threads of the runtime that runs the consumer and the periodic tasks (HTTP requests
+    /// are served by actix's own worker threads).
+    pub worker_threads: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +160,7 @@ mod tests {
         assert_eq!(s.billing.invoice_prefix, "INV");
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.amqp.queue_expires_ms, None);
+        assert_eq!(s.runtime.worker_threads.get(), 1);
     }
 
     #[test]
@@ -185,6 +194,18 @@ mod tests {
         .unwrap_err();
         assert!(
             format!("{err:#}").contains("memory_granularity_mb"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_runtime_needs_a_thread() {
+        let s = Settings::load_from(None, &env(&[("METERD__RUNTIME__WORKER_THREADS", "3")]));
+        assert_eq!(s.unwrap().runtime.worker_threads.get(), 3);
+        let err = Settings::load_from(None, &env(&[("METERD__RUNTIME__WORKER_THREADS", "0")]))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("runtime.worker_threads"),
             "{err:#}"
         );
     }

@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.runtime.worker_threads.get())
         .enable_all()
         .build()
         .context("start the runtime")?;
