@@ -241,8 +241,8 @@ impl Consumer {
         backoff.reset();
 
         let (batches_tx, batches_rx) = mpsc::channel(1);
-        // The reader is a task of its own, so decoding runs on one core while the
-        // writer's commits are handled on the other.
+        // The reader is a task of its own, so decoding the next batch goes on while the
+        // writer waits for the database (on another core if the runtime has more threads).
         let reader = tokio::spawn({
             let (me, channel) = (self.clone(), channel.clone());
             async move {
