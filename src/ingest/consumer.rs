@@ -42,6 +42,8 @@ use crate::metrics::Metrics;
 
 /// Batches in the writer at once: while one commits, the next one's ledger inserts run.
 const PIPELINE_DEPTH: usize = 2;
+// `InFlight` orders a batch only after the one just before it.
+const _: () = assert!(PIPELINE_DEPTH == 2);
 
 /// Batches smaller than this are not split over the writers.
 const SPLIT_FROM_EVENTS: usize = 1_000;
@@ -213,7 +215,8 @@ impl Prepared {
 }
 
 /// The batch recorded before the one being prepared: the ids it holds (equal fingerprints
-/// may be a collision, which costs only a wait) and the signal of its commit.
+/// may be a collision, which costs only a wait) and the signal of its commit. With two
+/// batches in the writer at once, no earlier batch can still be in flight.
 struct InFlight {
     ids: Arc<HashSet<u64>>,
     done: oneshot::Receiver<()>,
