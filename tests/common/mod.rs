@@ -148,30 +148,19 @@ impl TestApp {
 
     /// Publishes a raw body to the usage exchange, persistent, and waits for the broker.
     pub async fn publish(&self, body: &[u8]) {
-        self.channel.confirm_select(Default::default()).await.ok();
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.settings.amqp.exchange.as_str().into(),
-                "usage.test".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("publish confirm");
-        assert!(!confirm.is_nack(), "the broker refused a test message");
+        self.publish_bodies([body.to_vec()]).await
     }
 
     /// Publishes each value as its own message, waiting for the broker's confirms only at
     /// the end, so a backlog builds up fast.
     pub async fn publish_all(&self, bodies: &[Value]) {
+        self.publish_bodies(bodies.iter().map(|b| serde_json::to_vec(b).unwrap()))
+            .await
+    }
+
+    async fn publish_bodies(&self, bodies: impl IntoIterator<Item = Vec<u8>>) {
         self.channel.confirm_select(Default::default()).await.ok();
-        let mut confirms = Vec::with_capacity(bodies.len());
+        let mut confirms = Vec::new();
         for body in bodies {
             let confirm = self
                 .channel
@@ -179,7 +168,7 @@ impl TestApp {
                     self.settings.amqp.exchange.as_str().into(),
                     "usage.test".into(),
                     BasicPublishOptions::default(),
-                    &serde_json::to_vec(body).unwrap(),
+                    &body,
                     BasicProperties::default()
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2),
