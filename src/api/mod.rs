@@ -9,6 +9,7 @@ mod invoices;
 mod keys;
 pub mod openapi;
 mod plans;
+mod request_id;
 mod tenants;
 mod usage;
 
@@ -57,6 +58,8 @@ pub fn server(
             .app_data(error::path_config())
             .wrap(ErrorHandlers::new().default_handler(error::wrap_bare_errors))
             .wrap(from_fn(record_http_metrics))
+            // Outermost, so the id also reaches the envelope-wrapped framework errors.
+            .wrap(from_fn(request_id::with_request_id))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics))
