@@ -1,6 +1,7 @@
 //! The REST API (SPEC §5): routes, auth, the error envelope, the OpenAPI document.
 
 pub mod auth;
+mod docs_page;
 pub mod error;
 mod events;
 mod exports;
@@ -63,7 +64,10 @@ pub fn server(
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics))
-            .route("/openapi.json", web::get().to(openapi::openapi));
+            .route("/openapi.json", web::get().to(openapi::openapi))
+            .route("/docs", web::get().to(docs_page::index))
+            .route("/docs/docs.js", web::get().to(docs_page::script))
+            .route("/docs/docs.css", web::get().to(docs_page::style));
         if serve_v1 {
             app = app.service(
                 web::scope("/v1")
