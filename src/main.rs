@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use meterd::app::{self, ServeRole};
@@ -18,11 +18,17 @@ use meterd::{bench, loadgen, telemetry};
     about = "Pay-per-use metering and billing for serverless platforms"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Offered only by the commands that read configuration (`price`, `openapi` and
+/// `completions` need none).
+#[derive(Args)]
+struct ConfigFile {
     /// A TOML file overriding config/default.toml (environment variables override both).
     #[arg(long, global = true, env = "METERD_CONFIG")]
     config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -34,17 +40,29 @@ enum Command {
         /// Also publish sample usage (a built-in loadgen), so a newcomer sees it flow.
         #[arg(long)]
         demo: bool,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Create the database if needed and apply migrations.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Finalize a billing period now (idempotent): prints the outcome as JSON.
     Finalize {
         /// The period, YYYY-MM.
         #[arg(long)]
         period: String,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Publish synthetic invocation records to the usage exchange.
-    Loadgen(loadgen::LoadgenOptions),
+    Loadgen {
+        #[command(flatten)]
+        options: loadgen::LoadgenOptions,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Price usage offline (no database): prints the invoice lines as JSON.
     Price {
         /// The plan, as for PUT /v1/plans/{plan}.
@@ -57,11 +75,39 @@ enum Command {
     /// Print the OpenAPI document of the REST API (JSON), as served at /openapi.json.
     Openapi,
     /// Measure throughput and resources; prints one JSON line.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Inspect the dead-letter queue, or replay dead letters whose cause is fixed.
-    #[command(subcommand)]
-    DeadLetters(DeadLettersCommand),
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Print a shell completion script: `meterd completions bash > /etc/bash_completion.d/meterd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// The configuration file named for a command that reads configuration.
+    fn config_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Serve { config, .. }
+            | Command::Migrate { config }
+            | Command::Finalize { config, .. }
+            | Command::Loadgen { config, .. }
+            | Command::Bench { config, .. }
+            | Command::DeadLetters { config, .. } => config.config.as_deref(),
+            Command::Price { .. } | Command::Openapi | Command::Completions { .. } => None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -104,15 +150,23 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Price { plan, usage } = &cli.command {
-        // Offline: no configuration, database or runtime needed.
-        return price(plan, usage);
+    // Offline commands: no configuration, database or runtime needed.
+    match &cli.command {
+        Command::Price { plan, usage } => return price(plan, usage),
+        // The document comes from the code alone.
+        Command::Openapi => return openapi(),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "meterd",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
     }
-    if let Command::Openapi = &cli.command {
-        // Offline too: the document comes from the code alone.
-        return openapi();
-    }
-    let settings = Settings::load(cli.config.as_deref())?;
+    let settings = Settings::load(cli.command.config_file())?;
     telemetry::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.runtime.worker_threads.get())
@@ -124,21 +178,22 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve { role, demo } => serve(settings, role, demo).await,
-        Command::Migrate => {
+        Command::Serve { role, demo, .. } => serve(settings, role, demo).await,
+        Command::Migrate { .. } => {
             meterd::db::migrate(&settings.database).await?;
             tracing::info!("database is up to date");
             Ok(())
         }
-        Command::Loadgen(options) => {
+        Command::Loadgen { options, .. } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             loadgen::run(&settings.amqp, options, shutdown).await?;
             Ok(())
         }
-        Command::Price { plan, usage } => price(&plan, &usage),
-        Command::Openapi => openapi(),
-        Command::Finalize { period } => {
+        Command::Price { .. } | Command::Openapi | Command::Completions { .. } => {
+            unreachable!("offline commands return before the runtime starts")
+        }
+        Command::Finalize { period, .. } => {
             let period = meterd::billing::period::period_param("--period", &period)?;
             let pool = meterd::db::migrate(&settings.database).await?;
             let config = meterd::billing::store::BillingConfig::from_settings(&settings);
@@ -148,11 +203,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&outcome)?);
             Ok(())
         }
-        Command::Bench(BenchCommand::Api(options)) => {
+        Command::Bench {
+            command: BenchCommand::Api(options),
+            ..
+        } => {
             println!("{}", bench::api::run(&settings, &options).await?);
             Ok(())
         }
-        Command::Bench(BenchCommand::Ingest(options)) => {
+        Command::Bench {
+            command: BenchCommand::Ingest(options),
+            ..
+        } => {
             let summary =
                 bench::ingest_rounds(&settings, &options, |report| println!("{report}")).await?;
             if let Some(summary) = summary {
@@ -160,12 +221,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Export(options)) => {
+        Command::Bench {
+            command: BenchCommand::Export(options),
+            ..
+        } => {
             let report = bench::export(&settings, &options).await?;
             println!("{report}");
             Ok(())
         }
-        Command::DeadLetters(DeadLettersCommand::List { limit, json }) => {
+        Command::DeadLetters {
+            command: DeadLettersCommand::List { limit, json },
+            ..
+        } => {
             let listing = dead_letters::list(&settings.amqp, limit).await?;
             if json {
                 for letter in &listing.letters {
@@ -176,7 +243,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::DeadLetters(DeadLettersCommand::Replay { code, limit, json }) => {
+        Command::DeadLetters {
+            command: DeadLettersCommand::Replay { code, limit, json },
+            ..
+        } => {
             let outcome = dead_letters::replay(&settings.amqp, code, limit).await?;
             if json {
                 println!("{}", serde_json::to_string(&outcome)?);
