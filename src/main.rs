@@ -167,7 +167,11 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let settings = Settings::load(cli.command.config_file())?;
-    telemetry::init(settings.log.format);
+    let bench = matches!(cli.command, Command::Bench { .. });
+    telemetry::init(
+        settings.log.format,
+        bench.then_some(telemetry::BENCH_FILTER),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.runtime.worker_threads.get())
         .enable_all()

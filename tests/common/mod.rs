@@ -20,7 +20,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        meterd::telemetry::init(meterd::config::LogFormat::Pretty);
+        meterd::telemetry::init(meterd::config::LogFormat::Pretty, None);
     }
 }
 
