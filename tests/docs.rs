@@ -155,7 +155,15 @@ fn links_between_the_documents_resolve() {
 fn the_readme_cites_no_specification_users_do_not_have() {
     let readme = read("README.md");
     assert!(!readme.contains("SPEC"), "README.md cites the SPEC");
-    for doc in ["events", "metering", "plans", "invoices", "api", "exports", "operations"] {
+    for doc in [
+        "events",
+        "metering",
+        "plans",
+        "invoices",
+        "api",
+        "exports",
+        "operations",
+    ] {
         assert!(
             readme.contains(&format!("](docs/{doc}.md)")),
             "README.md does not link docs/{doc}.md"

@@ -57,7 +57,10 @@ fn names_are_found_in_queries() {
     );
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["meterd_batch_commit_seconds_bucket", "meterd_consumer_connected"]
+        [
+            "meterd_batch_commit_seconds_bucket",
+            "meterd_consumer_connected"
+        ]
     );
 }
 
