@@ -26,6 +26,8 @@ if ! command -v promtool >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# pyenv (as on the development machines) finds new console scripts only after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 hash -r
 
 log "docker-compose.yml against the compose specification"
