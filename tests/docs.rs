@@ -170,3 +170,31 @@ fn the_readme_cites_no_specification_users_do_not_have() {
         );
     }
 }
+
+/// The value after `prefix` up to the first character that cannot be in a key.
+fn key_after(text: &str, prefix: &str) -> String {
+    let start = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} not found"))
+        + prefix.len();
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+#[test]
+fn compose_and_the_readme_curls_use_the_same_admin_key() {
+    let readme_key = key_after(&read("README.md"), "KEY=");
+    let compose_key = key_after(
+        &read("docker-compose.yml"),
+        "METERD__AUTH__ADMIN_KEY: ${METERD_ADMIN_KEY:-",
+    );
+    let default_key = key_after(&read("config/default.toml"), "admin_key = \"");
+    assert_eq!(readme_key, compose_key, "README.md's curls against compose");
+    assert_eq!(
+        readme_key, default_key,
+        "README.md's curls against a local serve"
+    );
+    assert_eq!(key_after(&read("docs/api.md"), "ADMIN="), readme_key);
+}
