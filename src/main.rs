@@ -38,7 +38,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ServeRole::All)]
         role: ServeRole,
         /// Also publish sample usage (a built-in loadgen), so a newcomer sees it flow.
-        #[arg(long)]
+        /// `METERD_DEMO=1` does the same (docker compose passes it through).
+        #[arg(long, env = "METERD_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
         demo: bool,
         #[command(flatten)]
         config: ConfigFile,
