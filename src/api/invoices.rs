@@ -317,12 +317,13 @@ pub struct InvoiceSummarySchema {
     id: uuid::Uuid,
     number: String,
     status: InvoiceStatus,
-    #[schema(value_type = openapi::Period)]
-    period: String,
+    /// The invoice's period, as the invoice shows it.
+    period: PeriodRangeSchema,
     #[schema(value_type = openapi::Currency)]
     currency: String,
     #[schema(value_type = openapi::Money)]
     total: String,
+    /// Whole seconds, as the invoice shows it.
     finalized_at: DateTime<Utc>,
 }
 
