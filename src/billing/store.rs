@@ -56,7 +56,7 @@ pub enum FinalizeError {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FinalizeOutcome {
     pub period: String,
-    /// Invoice numbers created by this call.
+    /// Invoice numbers created by this call (also of tenants' earlier periods it caught up).
     pub created: Vec<String>,
     /// Invoices of the period that existed before this call.
     pub existing: u64,
