@@ -923,6 +923,22 @@ async fn finalizing_a_period_first_catches_up_the_tenants_earlier_periods_in_ord
     assert_eq!(again["existing"], 1, "{again}");
     assert_eq!(finalize(&app, p3).await["created"], json!([number(3)]));
     assert_eq!(invoices(&app, "acme").await.len(), 3);
+
+    // Only usage that arrives after p2 was finalized for acme is late: an adjustment of it.
+    let mut late = Usage::new();
+    let late_ms = late.add("acme", "f", inside(p2, 9, 12), 4, 50);
+    late.send(&app).await;
+    let (status, draft) = app
+        .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
+        .await;
+    assert_eq!(status, 200, "{draft}");
+    let adjustment = line(&draft, "adjustment", Some("compute")).expect("an adjustment");
+    assert_eq!(adjustment["for_period"], label(p2), "{draft}");
+    assert_eq!(
+        amount(&adjustment["quantity"]),
+        Decimal::from(late_ms) / Decimal::from(1000),
+        "{draft}"
+    );
 }
 
 /// The invoice list shows each invoice's `period` object and `finalized_at` exactly as the
