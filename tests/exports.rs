@@ -189,7 +189,7 @@ async fn api_invoice(app: &TestApp, tenant: &str, period: NaiveDate) -> Option<V
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["period"] == label(period))?;
+        .find(|i| i["period"]["start"] == format!("{period}T00:00:00Z"))?;
     let number = summary["number"].as_str().unwrap();
     let (status, doc) = app
         .get(
@@ -730,4 +730,52 @@ async fn store_invoices(
     .execute(&app.pool)
     .await
     .unwrap();
+}
+
+/// `finalized_at` in invoice-lines.csv is whole seconds in UTC (`…T01:02:03Z`), which
+/// spreadsheets read as a time, also for invoices stored with a fraction of a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoice_lines_give_finalized_at_in_whole_seconds() {
+    let app = spawn_app().await;
+    let finance = app.issue_key("finance", None).await;
+    let document = |finalized_at: &str| {
+        json!({
+            "currency": "USD", "total": "1.00", "finalized_at": finalized_at,
+            "lines": [{"kind": "usage", "charge": "requests", "meter": "requests", "arch": null,
+                       "quantity": "100", "unit": "requests", "amount": "1.00", "for_period": null,
+                       "tiers": []}],
+            "functions": [{"function": "f", "amount": "1.00"}]
+        })
+        .to_string()
+    };
+    store_invoices(
+        &app,
+        "2025-03",
+        &[
+            ("a".to_owned(), document("2025-04-01T01:02:03.123456789Z")),
+            ("b".to_owned(), document("2025-04-01T03:02:03.999+02:00")),
+            ("c".to_owned(), document("2025-04-01T01:02:04Z")),
+        ],
+        1,
+    )
+    .await;
+    let lines = download(
+        &app,
+        "/v1/exports/invoice-lines.csv?period=2025-03",
+        &finance,
+    )
+    .await;
+    let column = INVOICE_LINES
+        .iter()
+        .position(|c| *c == "finalized_at")
+        .unwrap();
+    let cells: Vec<&str> = lines.rows().iter().map(|r| r[column].as_str()).collect();
+    assert_eq!(
+        cells,
+        [
+            "2025-04-01T01:02:03Z",
+            "2025-04-01T01:02:03Z",
+            "2025-04-01T01:02:04Z"
+        ]
+    );
 }

@@ -122,6 +122,11 @@ fn line<'a>(doc: &'a Value, kind: &str, charge: Option<&str>) -> Option<&'a Valu
         .find(|l| l["kind"] == kind && l["charge"].as_str() == charge)
 }
 
+/// A period as invoices and the invoice list show it.
+fn period_of(p: NaiveDate) -> Value {
+    json!({"start": format!("{p}T00:00:00Z"), "end": format!("{}T00:00:00Z", meterd::billing::period::next_period(p))})
+}
+
 fn amount(v: &Value) -> Decimal {
     d(v.as_str()
         .unwrap_or_else(|| panic!("not a money string: {v}")))
@@ -193,8 +198,8 @@ async fn drafts_and_finalized_invoices_match_an_independent_expectation() {
 
     let list = invoices(&app, "acme").await;
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["period"], label(p1), "newest first");
-    assert_eq!(list[1]["period"], label(p2));
+    assert_eq!(list[0]["period"], period_of(p1), "newest first");
+    assert_eq!(list[1]["period"], period_of(p2));
     for (summary, n, ms) in [(&list[1], 47, ms2), (&list[0], 300, ms1)] {
         let doc = invoice(&app, "acme", summary["number"].as_str().unwrap()).await;
         let (req, comp) = expected_amounts(n, ms);
@@ -694,7 +699,7 @@ async fn the_finalizer_inside_serve_finalizes_every_ended_period_by_itself() {
     let prefix = &app.settings.billing.invoice_prefix;
     for (summary, period, n, ms, number) in [(&list[1], p2, 20, ms2, 1), (&list[0], p1, 30, ms1, 2)]
     {
-        assert_eq!(summary["period"], label(period));
+        assert_eq!(summary["period"], period_of(period));
         assert_eq!(summary["number"], format!("{prefix}-{number:08}"));
         let (req, comp) = expected_amounts(n, ms);
         assert_eq!(amount(&summary["total"]), req + comp, "{summary}");
@@ -735,5 +740,231 @@ async fn a_finalizer_pass_waits_for_the_grace_period() {
     );
     let list = invoices(&app, "acme").await;
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["period"], label(p1));
+    assert_eq!(list[0]["period"], period_of(p1));
+}
+
+/// Finalizing several ended periods at once, in any order, from several processes (API
+/// servers, direct calls on their own connection pools as `meterd finalize` makes, and a
+/// background finalizer) gives every tenant exactly one invoice per period, each period's
+/// minimum on its own invoice, no adjustments (no usage arrived after any finalization),
+/// and gapless numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finalizing_periods_concurrently_in_any_order_bills_each_period_on_its_own_invoice() {
+    use rand::seq::SliceRandom;
+
+    const TENANTS: usize = 100;
+    let mut settings = common::test_settings();
+    // Four ended periods reach back further than the default 90 days.
+    settings.metering.max_event_age_days = 200;
+    let app = common::spawn_app_with(settings).await;
+    put_plan(&app, "floor", &simple_plan("10.00")).await;
+    let periods = [
+        months_back(4),
+        months_back(3),
+        months_back(2),
+        months_back(1),
+    ];
+    let mut usage = Usage::new();
+    for t in 0..TENANTS {
+        let tenant = format!("t{t:03}");
+        put_tenant(&app, &tenant, "floor", periods[0]).await;
+        for (i, p) in periods.iter().enumerate() {
+            usage.add(&tenant, "f", inside(*p, 3 + i as u32, 10), 1, i as u64);
+        }
+    }
+    usage.send(&app).await;
+
+    // More processes on the same database, each with its own pool; one runs the finalizer.
+    let start = |finalizer: bool| {
+        let mut s = app.settings.clone();
+        s.billing.auto_finalize = finalizer;
+        s.billing.finalize_interval_secs = 1;
+        s.billing.grace_period_secs = 0;
+        meterd::app::start(
+            s,
+            meterd::app::ServeRole::Api,
+            tokio_util::sync::CancellationToken::new(),
+        )
+    };
+    let (second, third) = (start(false).await.unwrap(), start(true).await.unwrap());
+    let bases = [
+        app.base_url.clone(),
+        format!("http://{}", second.addr),
+        format!("http://{}", third.addr),
+    ];
+    let config = meterd::billing::store::BillingConfig::from_settings(&app.settings);
+
+    let mut calls: Vec<(usize, NaiveDate)> = (0..4)
+        .flat_map(|via| periods.iter().map(move |p| (via, *p)))
+        .collect();
+    calls.shuffle(&mut rand::rng());
+    let outcomes = futures_util::future::join_all(calls.iter().map(|&(via, p)| {
+        let (http, key, config) = (app.http.clone(), app.admin_key().to_owned(), &config);
+        let (url, db) = (
+            bases.get(via).map(|b| format!("{b}/v1/billing/finalize")),
+            app.settings.database.clone(),
+        );
+        async move {
+            match url {
+                Some(url) => {
+                    let res = http
+                        .post(url)
+                        .bearer_auth(key)
+                        .json(&json!({"period": label(p)}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                    res.json::<Value>().await.unwrap()
+                }
+                None => {
+                    let pool = meterd::db::pool(&db).unwrap();
+                    let outcome =
+                        meterd::billing::store::finalize_period(&pool, config, p, Utc::now())
+                            .await
+                            .unwrap();
+                    pool.close().await;
+                    serde_json::to_value(outcome).unwrap()
+                }
+            }
+        }
+    }))
+    .await;
+    third.stop().await;
+    second.stop().await;
+
+    let mut created: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o["created"].as_array().unwrap().clone())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let from_calls = created.len();
+    created.sort();
+    created.dedup();
+    assert_eq!(created.len(), from_calls, "a number reported twice");
+    let seqs: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM invoices ORDER BY seq")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs.into_iter().map(|(s,)| s).collect::<Vec<_>>(),
+        (1..=(4 * TENANTS) as i64).collect::<Vec<_>>(),
+        "one invoice per tenant and period, numbered without gaps"
+    );
+    for t in 0..TENANTS {
+        let tenant = format!("t{t:03}");
+        let list = invoices(&app, &tenant).await;
+        assert_eq!(list.len(), 4, "{tenant}: {list:?}");
+        for (summary, p) in list.iter().zip(periods.iter().rev()) {
+            let doc = invoice(&app, &tenant, summary["number"].as_str().unwrap()).await;
+            assert_eq!(doc["period"]["start"], format!("{p}T00:00:00Z"), "{doc}");
+            assert!(line(&doc, "minimum", None).is_some(), "{doc}");
+            assert!(
+                doc["lines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["kind"] != "adjustment"),
+                "{doc}"
+            );
+            assert_eq!(doc["total"], "10.00", "{doc}");
+            assert_sums(&doc);
+        }
+    }
+}
+
+/// Finalizing a period first finalizes, for each tenant, the earlier periods whose
+/// finalization has begun but not reached that tenant, in order: each gets its own invoice
+/// and no later invoice bills their usage as an adjustment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizing_a_period_first_catches_up_the_tenants_earlier_periods_in_order() {
+    let app = spawn_app().await;
+    put_plan(&app, "floor", &simple_plan("10.00")).await;
+    let (p3, p2, p1) = (months_back(3), months_back(2), months_back(1));
+    put_tenant(&app, "acme", "floor", p3).await;
+    let mut usage = Usage::new();
+    let ms2 = usage.add("acme", "f", inside(p2, 4, 12), 2, 0);
+    usage.add("acme", "f", inside(p1, 4, 12), 3, 10);
+    usage.send(&app).await;
+    // p2's finalization has begun (another process marked it) but not reached acme yet.
+    sqlx::query("INSERT INTO finalized_periods (period) VALUES ($1)")
+        .bind(p2)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let prefix = &app.settings.billing.invoice_prefix;
+    let number = |n: u32| format!("{prefix}-{n:08}");
+    let outcome = finalize(&app, p1).await;
+    assert_eq!(
+        outcome["created"],
+        json!([number(1), number(2)]),
+        "{outcome}"
+    );
+    let first = invoice(&app, "acme", &number(1)).await;
+    assert_eq!(first["period"]["start"], format!("{p2}T00:00:00Z"));
+    let (req, comp) = expected_amounts(2, ms2);
+    assert_eq!(
+        amount(&line(&first, "minimum", None).unwrap()["amount"]),
+        d("10.00") - req - comp
+    );
+    let second = invoice(&app, "acme", &number(2)).await;
+    assert_eq!(second["period"]["start"], format!("{p1}T00:00:00Z"));
+    for doc in [&first, &second] {
+        assert_eq!(doc["total"], "10.00", "{doc}");
+        assert!(line(doc, "adjustment", Some("requests")).is_none(), "{doc}");
+        assert!(line(doc, "adjustment", None).is_none(), "{doc}");
+    }
+
+    // p2's own run then finds acme done; p3, never begun, was not caught up and gets its
+    // own invoice when it is finalized.
+    let again = finalize(&app, p2).await;
+    assert_eq!(again["created"], json!([]), "{again}");
+    assert_eq!(again["existing"], 1, "{again}");
+    assert_eq!(finalize(&app, p3).await["created"], json!([number(3)]));
+    assert_eq!(invoices(&app, "acme").await.len(), 3);
+
+    // Only usage that arrives after p2 was finalized for acme is late: an adjustment of it.
+    let mut late = Usage::new();
+    let late_ms = late.add("acme", "f", inside(p2, 9, 12), 4, 50);
+    late.send(&app).await;
+    let (status, draft) = app
+        .get("/v1/tenants/acme/invoices/upcoming", Some(app.admin_key()))
+        .await;
+    assert_eq!(status, 200, "{draft}");
+    let adjustment = line(&draft, "adjustment", Some("compute")).expect("an adjustment");
+    assert_eq!(adjustment["for_period"], label(p2), "{draft}");
+    assert_eq!(
+        amount(&adjustment["quantity"]),
+        Decimal::from(late_ms) / Decimal::from(1000),
+        "{draft}"
+    );
+}
+
+/// The invoice list shows each invoice's `period` object and `finalized_at` exactly as the
+/// invoice does (whole seconds), and finalized_at carries no fraction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invoice_list_shows_period_and_finalized_at_as_the_invoice_does() {
+    let app = spawn_app().await;
+    put_plan(&app, "simple", &simple_plan("1.00")).await;
+    let (p2, p1) = (months_back(2), months_back(1));
+    put_tenant(&app, "acme", "simple", p2).await;
+    finalize(&app, p2).await;
+    finalize(&app, p1).await;
+    let list = invoices(&app, "acme").await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    for (summary, p) in list.iter().zip([p1, p2]) {
+        let doc = invoice(&app, "acme", summary["number"].as_str().unwrap()).await;
+        assert_eq!(summary["period"], doc["period"]);
+        assert_eq!(summary["period"], period_of(p));
+        assert_eq!(summary["finalized_at"], doc["finalized_at"]);
+        let at = summary["finalized_at"].as_str().unwrap();
+        assert!(
+            DateTime::parse_from_rfc3339(at).is_ok() && at.len() == "2026-10-01T00:00:00Z".len(),
+            "whole seconds in UTC: {at}"
+        );
+        for field in ["id", "number", "status", "currency", "total"] {
+            assert_eq!(summary[field], doc[field], "{field}");
+        }
+    }
 }

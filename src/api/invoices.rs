@@ -134,7 +134,9 @@ pub struct FinalizeRequest {
 /// Finalize a period now
 ///
 /// Finalizes the period for every tenant with usage or a minimum charge, as the scheduler does
-/// once the grace period has passed; idempotent. Role `admin`.
+/// once the grace period has passed; idempotent, and safe to call for several periods at once
+/// in any order: each tenant's period gets its own invoice, never an earlier period's usage as
+/// adjustments. Role `admin`.
 #[utoipa::path(
     post,
     path = "/v1/billing/finalize",
@@ -317,12 +319,13 @@ pub struct InvoiceSummarySchema {
     id: uuid::Uuid,
     number: String,
     status: InvoiceStatus,
-    #[schema(value_type = openapi::Period)]
-    period: String,
+    /// The invoice's period, as the invoice shows it.
+    period: PeriodRangeSchema,
     #[schema(value_type = openapi::Currency)]
     currency: String,
     #[schema(value_type = openapi::Money)]
     total: String,
+    /// Whole seconds, as the invoice shows it.
     finalized_at: DateTime<Utc>,
 }
 
@@ -343,7 +346,8 @@ pub struct InvoiceListSchema {
 pub struct FinalizeOutcomeSchema {
     #[schema(value_type = openapi::Period)]
     period: String,
-    /// The invoice numbers this call created.
+    /// The invoice numbers this call created, including those of a tenant's earlier periods
+    /// whose finalization had begun elsewhere and that it finalized first, oldest first.
     created: Vec<String>,
     /// Invoices of the period that existed before this call.
     existing: u64,

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 
@@ -56,7 +56,7 @@ pub enum FinalizeError {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FinalizeOutcome {
     pub period: String,
-    /// Invoice numbers created by this call.
+    /// Invoice numbers created by this call (also of tenants' earlier periods it caught up).
     pub created: Vec<String>,
     /// Invoices of the period that existed before this call.
     pub existing: u64,
@@ -123,7 +123,9 @@ impl DraftCache {
             "SELECT concat_ws('|', $2::date,
                  (SELECT sum(version) FROM usage_versions WHERE tenant = $1),
                  (SELECT sum(requests) FROM invoice_usage WHERE tenant = $1 AND for_period >= $3),
-                 (SELECT count(*) || '/' || max(period) FROM finalized_periods WHERE period >= $3),
+                 (SELECT count(*) || '/' || count(completed_at) || '/' || max(period)
+                  FROM finalized_periods WHERE period >= $3),
+                 (SELECT count(*) FROM tenant_finalizations WHERE tenant = $1 AND period >= $3),
                  (SELECT count(*) || '/' || max(created_at) FROM tenant_plans WHERE tenant = $1),
                  (SELECT count(*) || '/' || max(created_at) FROM plans))
              FROM tenants WHERE id = $1",
@@ -155,6 +157,11 @@ impl DraftCache {
 }
 
 /// Finalizes `period` for every tenant that has something to bill; idempotent.
+///
+/// Each tenant is finalized under its row lock, and first catches up its earlier periods
+/// whose finalization has begun (by any process) but not reached it yet, oldest first (see
+/// `finalize_tenant`): however many periods are finalized at once, in whatever order, each
+/// gets its own invoice.
 #[tracing::instrument(skip_all, fields(period = %format_period(period)))]
 pub async fn finalize_period(
     pool: &PgPool,
@@ -171,28 +178,18 @@ pub async fn finalize_period(
         .execute(pool)
         .await
         .context("mark the period")?;
-    // Any tenant may owe something: usage (also late usage that created it), adjustments,
-    // or a minimum if it was on a plan for the period (assigned from the period or earlier;
-    // a tenant created on first use is assigned from its first period); those with nothing
-    // to bill get no invoice.
-    let tenants: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT id, EXISTS (SELECT 1 FROM tenant_plans p WHERE p.tenant = t.id AND p.effective_from <= $1)
-         FROM tenants t ORDER BY id",
-    )
-    .bind(period)
-            .fetch_all(pool)
-            .await
-            .context("list tenants")?;
+    let tenants: Vec<(String,)> = sqlx::query_as("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .context("list tenants")?;
     let mut outcome = FinalizeOutcome {
         period: format_period(period),
         ..FinalizeOutcome::default()
     };
-    for (tenant, existed) in tenants {
-        match finalize_tenant(pool, config, &tenant, period, existed, now).await? {
-            Finalized::Created(number) => outcome.created.push(number),
-            Finalized::Existing => outcome.existing += 1,
-            Finalized::NothingToBill => {}
-        }
+    for (tenant,) in tenants {
+        let done = finalize_tenant(pool, config, &tenant, period, now).await?;
+        outcome.created.extend(done.created);
+        outcome.existing += u64::from(done.existed);
     }
     sqlx::query(
         "UPDATE finalized_periods SET completed_at = $2 WHERE period = $1 AND completed_at IS NULL",
@@ -208,48 +205,126 @@ pub async fn finalize_period(
     Ok(outcome)
 }
 
-enum Finalized {
-    Created(String),
-    Existing,
-    NothingToBill,
+/// What finalizing one tenant's period did.
+struct TenantFinalized {
+    /// Invoice numbers created, the caught-up earlier periods' first.
+    created: Vec<String>,
+    /// The period's invoice existed before.
+    existed: bool,
 }
 
+/// A period is closed for a tenant once the tenant's own finalization of it is recorded, or
+/// once the period's finalization has completed (it went through every tenant that existed;
+/// one created since had nothing to bill then). `$1` is the tenant, `f` the period's
+/// `finalized_periods` row.
+macro_rules! closed_for_tenant {
+    () => {
+        "(f.completed_at IS NOT NULL OR EXISTS (
+          SELECT 1 FROM tenant_finalizations tf WHERE tf.tenant = $1 AND tf.period = f.period))"
+    };
+}
+
+/// Finalizes the tenant's `period`, after the tenant's earlier periods whose finalization has
+/// begun but not reached it, oldest first: one transaction per period, each under the
+/// tenant's row lock. So when an invoice treats an earlier period as closed (and bills its
+/// later usage as adjustments), that period was finalized for the tenant first, on its own
+/// invoice if it had something to bill, and an adjustment bills only usage that arrived
+/// after that.
 async fn finalize_tenant(
     pool: &PgPool,
     config: &BillingConfig,
     tenant: &str,
     period: NaiveDate,
-    existed: bool,
     now: DateTime<Utc>,
-) -> anyhow::Result<Finalized> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+) -> anyhow::Result<TenantFinalized> {
+    let earliest = period
+        .checked_sub_months(chrono::Months::new(config.lookback_periods))
+        .context("period out of range")?;
+    let mut created = Vec::new();
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .context("lock the tenant")?;
+        let pending: Option<(NaiveDate,)> = sqlx::query_as(concat!(
+            "SELECT f.period FROM finalized_periods f
+             WHERE f.period >= $2 AND f.period <= $3 AND NOT ",
+            closed_for_tenant!(),
+            " ORDER BY f.period LIMIT 1"
+        ))
         .bind(tenant)
-        .execute(&mut *tx)
+        .bind(earliest)
+        .bind(period)
+        .fetch_optional(&mut *tx)
         .await
-        .context("lock the tenant")?;
-    let existing: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1::int8 FROM invoices WHERE tenant = $1 AND period = $2
-         UNION ALL
-         SELECT 1::int8 FROM invoice_usage WHERE tenant = $1 AND for_period = $2
-         LIMIT 1",
+        .context("find the tenant's next period to finalize")?;
+        let Some((next,)) = pending else {
+            // Done before: by another process, or as a period that completed before the
+            // tenant existed.
+            let existed = sqlx::query_as::<_, (i32,)>(
+                "SELECT 1 FROM invoices WHERE tenant = $1 AND period = $2",
+            )
+            .bind(tenant)
+            .bind(period)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            return Ok(TenantFinalized { created, existed });
+        };
+        let number = finalize_tenant_period(&mut tx, config, tenant, next, now).await?;
+        tx.commit().await.context("commit the finalization")?;
+        created.extend(number);
+        if next == period {
+            return Ok(TenantFinalized {
+                created,
+                existed: false,
+            });
+        }
+    }
+}
+
+/// Finalizes one period of a tenant whose row the transaction holds locked, and whose earlier
+/// begun periods are finalized: records the finalization, and the invoice if there is
+/// something to bill (returning its number).
+async fn finalize_tenant_period(
+    tx: &mut PgConnection,
+    config: &BillingConfig,
+    tenant: &str,
+    period: NaiveDate,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<String>> {
+    // Seconds are what the invoice, its list and the CSV exports show.
+    let finalized_at = now.max(Utc::now()).trunc_subsecs(0);
+    sqlx::query(
+        "INSERT INTO tenant_finalizations (tenant, period, finalized_at) VALUES ($1, $2, $3)",
     )
     .bind(tenant)
     .bind(period)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if existing.is_some() {
-        // Invoiced already, or (if finalization of this period was interrupted and a later
-        // period's invoice went first) billed as adjustments there.
-        return Ok(Finalized::Existing);
-    }
-    let (plan_id, version, plan) = plan_for(&mut tx, tenant, period).await?;
-    let usage = period_usage(&mut tx, tenant, period).await?;
-    let closed = closed_periods(&mut tx, config, tenant, period).await?;
-    let owes_minimum = existed || !usage.is_empty();
+    .bind(finalized_at)
+    .execute(&mut *tx)
+    .await
+    .context("record the finalization")?;
+    // Any tenant may owe something: usage (also late usage that created it), adjustments,
+    // or a minimum if it was on a plan for the period (assigned from the period or earlier;
+    // a tenant created on first use is assigned from its first period); those with nothing
+    // to bill get no invoice.
+    let (on_plan,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM tenant_plans WHERE tenant = $1 AND effective_from <= $2)",
+    )
+    .bind(tenant)
+    .bind(period)
+    .fetch_one(&mut *tx)
+    .await
+    .context("read the tenant's plan assignments")?;
+    let (plan_id, version, plan) = plan_for(&mut *tx, tenant, period).await?;
+    let usage = period_usage(&mut *tx, tenant, period).await?;
+    let closed = closed_periods(&mut *tx, config, tenant, period).await?;
+    let owes_minimum = on_plan || !usage.is_empty();
     let built = build_invoice(&plan, &usage, period, &closed, owes_minimum)?;
     if !built.bills_anything(&usage) {
-        return Ok(Finalized::NothingToBill);
+        return Ok(None);
     }
 
     let (seq,): (i64,) =
@@ -259,7 +334,6 @@ async fn finalize_tenant(
             .context("take an invoice number")?;
     let number = format!("{}-{seq:08}", config.invoice_prefix);
     let id = uuid::Uuid::new_v4();
-    let finalized_at = now.max(Utc::now());
     let doc = document(
         Some(id),
         Some(number.clone()),
@@ -292,9 +366,8 @@ async fn finalize_tenant(
     .execute(&mut *tx)
     .await
     .context("insert the invoice")?;
-    insert_billed(&mut tx, id, tenant, &built).await?;
-    tx.commit().await.context("commit the invoice")?;
-    Ok(Finalized::Created(number))
+    insert_billed(&mut *tx, id, tenant, &built).await?;
+    Ok(Some(number))
 }
 
 async fn insert_billed(
@@ -425,7 +498,8 @@ async fn period_usage(
     usage_from_rows(rows)
 }
 
-/// Earlier finalized periods that late usage can still reach, with what was billed.
+/// Earlier periods closed for the tenant that late usage can still reach, with what was
+/// billed.
 async fn closed_periods(
     conn: &mut PgConnection,
     config: &BillingConfig,
@@ -435,9 +509,12 @@ async fn closed_periods(
     let earliest = period
         .checked_sub_months(chrono::Months::new(config.lookback_periods))
         .context("period out of range")?;
-    let periods: Vec<(NaiveDate,)> = sqlx::query_as(
-        "SELECT period FROM finalized_periods WHERE period < $1 AND period >= $2 ORDER BY period",
-    )
+    let periods: Vec<(NaiveDate,)> = sqlx::query_as(concat!(
+        "SELECT f.period FROM finalized_periods f WHERE f.period < $2 AND f.period >= $3 AND ",
+        closed_for_tenant!(),
+        " ORDER BY f.period"
+    ))
+    .bind(tenant)
     .bind(period)
     .bind(earliest)
     .fetch_all(&mut *conn)
@@ -512,16 +589,14 @@ pub async fn invoice_document(
     Ok(row.map(|(d,)| d))
 }
 
-/// A summary row of the invoice list.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+/// A summary row of the invoice list: the invoice's own `period` object and
+/// `finalized_at` (whole seconds, as the invoice shows it).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct InvoiceSummary {
     pub id: uuid::Uuid,
     pub number: String,
-    pub status: String,
-    #[sqlx(skip)]
-    pub period: String,
-    #[serde(skip)]
-    pub period_date: NaiveDate,
+    pub status: &'static str,
+    pub period: PeriodRange,
     pub currency: String,
     pub total: Decimal,
     pub finalized_at: DateTime<Utc>,
@@ -534,19 +609,37 @@ pub async fn list_invoices(
     limit: i64,
     offset: i64,
 ) -> anyhow::Result<Vec<InvoiceSummary>> {
-    let mut rows: Vec<InvoiceSummary> = sqlx::query_as(
-        "SELECT id, number, 'finalized' AS status, period AS period_date, currency, total, finalized_at
-         FROM invoices WHERE tenant = $1 ORDER BY period DESC, seq DESC LIMIT $2 OFFSET $3",
+    let rows: Vec<(
+        uuid::Uuid,
+        String,
+        NaiveDate,
+        String,
+        Decimal,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT id, number, period, currency, total, finalized_at
+             FROM invoices WHERE tenant = $1 ORDER BY period DESC, seq DESC LIMIT $2 OFFSET $3",
     )
     .bind(tenant)
     .bind(limit)
     .bind(offset)
     .fetch_all(pool)
     .await?;
-    for r in &mut rows {
-        r.period = format_period(r.period_date);
-    }
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, number, period, currency, total, finalized_at)| InvoiceSummary {
+                id,
+                number,
+                status: "finalized",
+                period: PeriodRange::of(period),
+                currency,
+                total,
+                // Invoices finalized before whole seconds were kept carry a fraction.
+                finalized_at: finalized_at.trunc_subsecs(0),
+            },
+        )
+        .collect())
 }
 
 /// One finalizer pass: returns how many invoices it created.

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use anyhow::Context;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -46,12 +46,22 @@ pub(super) struct StoredInvoice<'a> {
     currency: Cow<'a, str>,
     #[serde(borrow)]
     total: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(deserialize_with = "whole_seconds")]
     finalized_at: Option<Cow<'a, str>>,
     #[serde(borrow)]
     lines: Vec<StoredLine<'a>>,
     #[serde(borrow)]
     functions: Vec<StoredFunctionAmount<'a>>,
+}
+
+/// An instant as RFC 3339 in whole seconds, UTC (`2026-11-01T00:05:00Z`), which spreadsheets
+/// read as a time; invoices finalized before whole seconds were kept carry nanoseconds.
+fn whole_seconds<'de, D>(deserializer: D) -> Result<Option<Cow<'static, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let at: Option<DateTime<Utc>> = Option::deserialize(deserializer)?;
+    Ok(at.map(|at| Cow::Owned(at.to_rfc3339_opts(SecondsFormat::Secs, true))))
 }
 
 #[derive(Deserialize)]
