@@ -89,7 +89,7 @@ for who in admin tenant; do
         --max-examples "$MAX_EXAMPLES" \
         --max-time "$MAX_TIME" \
         --request-timeout 10 \
-        --workers 2 \
+        --workers 1 \
         --header "Authorization: Bearer ${key}" \
         --report junit --report-dir "target/schemathesis/${who}" ||
         status=$?
