@@ -15,6 +15,9 @@ MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-60}
 
 log() { printf '==> %s\n' "$*"; }
 
+# Run as a module: pip may put the `schemathesis` script in a folder that is not on PATH.
+schemathesis() { python3 -m schemathesis.cli "$@"; }
+
 if ! schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
     log "installing schemathesis $SCHEMATHESIS_VERSION"
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
@@ -23,7 +26,6 @@ if ! schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
     fi
     python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" ||
         python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
-    hash -r
 fi
 
 log "building meterd"
