@@ -157,13 +157,9 @@ fn main() -> anyhow::Result<()> {
         // The document comes from the code alone.
         Command::Openapi => return openapi(),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "meterd",
-                &mut std::io::stdout(),
-            );
-            return Ok(());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "meterd", &mut script);
+            return print_out(String::from_utf8_lossy(&script).trim_end());
         }
         _ => {}
     }
@@ -205,24 +201,27 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let outcome =
                 meterd::billing::store::finalize_period(&pool, &config, period, chrono::Utc::now())
                     .await?;
-            println!("{}", serde_json::to_string(&outcome)?);
+            print_out(serde_json::to_string(&outcome)?)?;
             Ok(())
         }
         Command::Bench {
             command: BenchCommand::Api(options),
             ..
         } => {
-            println!("{}", bench::api::run(&settings, &options).await?);
+            print_out(bench::api::run(&settings, &options).await?)?;
             Ok(())
         }
         Command::Bench {
             command: BenchCommand::Ingest(options),
             ..
         } => {
-            let summary =
-                bench::ingest_rounds(&settings, &options, |report| println!("{report}")).await?;
+            let summary = bench::ingest_rounds(&settings, &options, |report| {
+                // A progress line lost to a closed pipe is no reason to stop measuring.
+                let _ = print_out(report);
+            })
+            .await?;
             if let Some(summary) = summary {
-                println!("{summary}");
+                print_out(summary)?;
             }
             Ok(())
         }
@@ -231,7 +230,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             ..
         } => {
             let report = bench::export(&settings, &options).await?;
-            println!("{report}");
+            print_out(report)?;
             Ok(())
         }
         Command::DeadLetters {
@@ -241,10 +240,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let listing = dead_letters::list(&settings.amqp, limit).await?;
             if json {
                 for letter in &listing.letters {
-                    println!("{}", serde_json::to_string(letter)?);
+                    print_out(serde_json::to_string(letter)?)?;
                 }
             } else {
-                println!("{listing}");
+                print_out(listing)?;
             }
             Ok(())
         }
@@ -254,9 +253,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         } => {
             let outcome = dead_letters::replay(&settings.amqp, code, limit).await?;
             if json {
-                println!("{}", serde_json::to_string(&outcome)?);
+                print_out(serde_json::to_string(&outcome)?)?;
             } else {
-                println!("{outcome}");
+                print_out(outcome)?;
             }
             Ok(())
         }
@@ -268,13 +267,23 @@ fn price(plan: &std::path::Path, usage: &std::path::Path) -> anyhow::Result<()> 
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
     };
     let priced = meterd::rating::price_files(&read(plan)?, &read(usage)?)?;
-    println!("{priced}");
+    print_out(priced)?;
     Ok(())
 }
 
 fn openapi() -> anyhow::Result<()> {
-    println!("{}", meterd::api::openapi::document());
-    Ok(())
+    print_out(meterd::api::openapi::document())
+}
+
+/// Writes one result line to stdout. A reader that has gone (`meterd openapi | head -c 300`)
+/// wanted no more: that is not a failure, and certainly not a panic as `println!` makes it.
+fn print_out(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("write to stdout"),
+    }
 }
 
 async fn serve(settings: Settings, role: ServeRole, demo: bool) -> anyhow::Result<()> {

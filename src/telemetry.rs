@@ -1,5 +1,7 @@
 //! tracing set-up: human-readable by default, JSON with METERD__LOG__FORMAT=json.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
@@ -17,7 +19,11 @@ pub fn init(format: LogFormat, extra: Option<&str>) {
         Some(extra) => EnvFilter::new(format!("{DEFAULT_FILTER},{extra}")),
         None => EnvFilter::new(DEFAULT_FILTER),
     });
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: in a file or a pipe they are escape bytes.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -305,7 +305,7 @@ async fn responses_match_the_documented_schemas() {
         (404, "GET", other.as_str(), tenant, None),
         (409, "POST", "/v1/billing/finalize", admin, Some(&open)),
         (422, "POST", "/v1/billing/finalize", admin, Some(&no_period)),
-        (400, "POST", "/v1/billing/finalize", admin, Some(&json!([]))),
+        (422, "POST", "/v1/billing/finalize", admin, Some(&json!([]))),
     ] {
         api.expect(status, method, path, key, body).await;
     }

@@ -130,11 +130,7 @@ pub async fn ingest(
     }
     let events = decode_message(&body, state.store.rules(), chrono::Utc::now())
         .map_err(|r| ApiError::unprocessable(r.code.as_str(), r.reason))?;
-    let outcome = state
-        .store
-        .record_events(&events)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let outcome = state.store.record_events(&events).await?;
     state.metrics.events_accepted.inc_by(outcome.accepted);
     state.metrics.events_duplicate.inc_by(outcome.duplicates);
     Ok(HttpResponse::Ok().json(IngestOutcome {

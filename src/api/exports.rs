@@ -32,19 +32,21 @@ pub struct PeriodParams {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
-    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour.
+    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour
+    /// (`YYYY-MM-DDTHH:00:00` then `Z` or an offset of whole hours).
     #[param(
         required = true,
         value_type = String,
-        format = DateTime,
+        pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):00:00(Z|[+-]([01][0-9]|2[0-3]):00)$",
         example = "2026-11-01T00:00:00Z"
     )]
     from: Option<String>,
-    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour, later than `from`.
+    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour
+    /// (`YYYY-MM-DDTHH:00:00` then `Z` or an offset of whole hours), later than `from`.
     #[param(
         required = true,
         value_type = String,
-        format = DateTime,
+        pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):00:00(Z|[+-]([01][0-9]|2[0-3]):00)$",
         example = "2026-12-01T00:00:00Z"
     )]
     to: Option<String>,

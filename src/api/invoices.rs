@@ -4,13 +4,14 @@ use super::plans::ListParams;
 use actix_web::{HttpResponse, http::StatusCode, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
     auth::{Caller, Role},
-    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    error::{ApiError, ErrorEnvelope, JsonBody, KeyedErrors},
     openapi,
+    tenants::TenantPath,
     usage::{Page, tenant_exists},
 };
 use crate::billing::period::period_param;
@@ -27,9 +28,11 @@ use crate::billing::store::{self, FinalizeError};
     tag = "invoices",
     operation_id = "get_upcoming_invoice",
     security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "The tenant id")),
+    params(TenantPath),
     responses(
         (status = 200, description = "The draft invoice", body = InvoiceSchema),
+        (status = 400, description = "The tenant id is invalid (`invalid_parameter`)",
+            body = ErrorEnvelope),
         (status = 404, description = "No such tenant, or another tenant's key (`not_found`)",
             body = ErrorEnvelope),
         KeyedErrors,
@@ -38,12 +41,13 @@ use crate::billing::store::{self, FinalizeError};
 pub async fn upcoming(
     caller: Caller,
     state: web::Data<AppState>,
-    tenant: web::Path<String>,
+    tenant: web::Path<TenantPath>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_tenant_reader(&tenant)?;
+    let tenant = tenant.parse()?;
+    caller.require_tenant_reader(tenant.as_str())?;
     let draft = state
         .drafts
-        .draft_json(&state.pool, &state.billing, &tenant, Utc::now())
+        .draft_json(&state.pool, &state.billing, tenant.as_str(), Utc::now())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {:?}", tenant.as_str())))?;
     Ok(HttpResponse::Ok()
@@ -60,10 +64,11 @@ pub async fn upcoming(
     tag = "invoices",
     operation_id = "list_invoices",
     security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "The tenant id"), ListParams),
+    params(TenantPath, ListParams),
     responses(
         (status = 200, description = "A page of invoice summaries", body = InvoiceListSchema),
-        (status = 400, description = "`limit` or `cursor` is malformed (`invalid_parameter`)",
+        (status = 400, description = "The tenant id, `limit` or `cursor` is malformed \
+            (`invalid_parameter`)",
             body = ErrorEnvelope),
         (status = 404, description = "No such tenant, or another tenant's key (`not_found`)",
             body = ErrorEnvelope),
@@ -73,13 +78,15 @@ pub async fn upcoming(
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
-    tenant: web::Path<String>,
+    tenant: web::Path<TenantPath>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_tenant_reader(&tenant)?;
+    let tenant = tenant.parse()?;
+    caller.require_tenant_reader(tenant.as_str())?;
     let page = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
-    tenant_exists(&state, &tenant).await?;
-    let mut rows = store::list_invoices(&state.pool, &tenant, page.limit + 1, page.offset).await?;
+    tenant_exists(&state, tenant.as_str()).await?;
+    let mut rows =
+        store::list_invoices(&state.pool, tenant.as_str(), page.limit + 1, page.offset).await?;
     let next_cursor = page.next_cursor(&mut rows);
     Ok(HttpResponse::Ok().json(serde_json::json!({"data": rows, "next_cursor": next_cursor})))
 }
@@ -94,12 +101,11 @@ pub async fn list(
     tag = "invoices",
     operation_id = "get_invoice",
     security(("bearer" = [])),
-    params(
-        ("tenant" = String, Path, description = "The tenant id"),
-        ("number" = String, Path, description = "The invoice number", example = "INV-00000042"),
-    ),
+    params(InvoicePath),
     responses(
         (status = 200, description = "The finalized invoice", body = InvoiceSchema),
+        (status = 400, description = "The tenant id is invalid (`invalid_parameter`)",
+            body = ErrorEnvelope),
         (status = 404, description = "No such invoice for the tenant, or another tenant's key \
             (`not_found`)", body = ErrorEnvelope),
         KeyedErrors,
@@ -108,19 +114,35 @@ pub async fn list(
 pub async fn get(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: web::Path<InvoicePath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, number) = path.into_inner();
-    caller.require_tenant_reader(&tenant)?;
+    let tenant = TenantPath::parse_str(&path.tenant)?;
+    caller.require_tenant_reader(tenant.as_str())?;
+    let number = &path.number;
+    let not_found = || ApiError::not_found(format!("no invoice {number:?} for tenant {tenant}"));
+    // No invoice number holds a control character (a NUL would not even reach the database).
+    if number.chars().any(char::is_control) {
+        return Err(not_found());
+    }
     // The stored document is served as it was written: a finalized invoice never changes.
-    let document = store::invoice_document(&state.pool, &tenant, &number)
+    let document = store::invoice_document(&state.pool, tenant.as_str(), number)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no invoice {number:?} for tenant {tenant:?}"))
-        })?;
+        .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(document))
+}
+
+/// The path of one invoice.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct InvoicePath {
+    /// The tenant id: 1–64 characters of `A-Za-z0-9._-`.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
+    tenant: String,
+    /// The invoice number.
+    #[param(example = "INV-00000042")]
+    number: String,
 }
 
 /// The period to finalize.
@@ -147,19 +169,21 @@ pub struct FinalizeRequest {
     responses(
         (status = 200, description = "The invoices this call created and those that existed",
             body = FinalizeOutcomeSchema),
-        (status = 400, description = "The body is not JSON of this shape (`invalid_body`)",
+        (status = 400, description = "The body is not JSON (`invalid_body`)",
             body = ErrorEnvelope),
+        (status = 413, description = "The body is over 1 MiB (`too_large`)", body = ErrorEnvelope),
         (status = 409, description = "The period has not ended (`period_not_ended`)",
             body = ErrorEnvelope),
-        (status = 422, description = "`period` is not a billing period YYYY-MM \
-            (`invalid_value`)", body = ErrorEnvelope),
+        (status = 422, description = "The body is not an object with a `period`, or `period` \
+            is not a billing period YYYY-MM (`invalid_value`, `missing_field`)",
+            body = ErrorEnvelope),
         KeyedErrors,
     )
 )]
 pub async fn finalize(
     caller: Caller,
     state: web::Data<AppState>,
-    body: web::Json<FinalizeRequest>,
+    JsonBody(body): JsonBody<FinalizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let period = period_param("period", &body.period)

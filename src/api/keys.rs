@@ -2,25 +2,81 @@
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde_json::json;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::{
     AppState,
     auth::{Caller, Role, generate_key, hash_key},
-    error::{ApiError, ErrorEnvelope, KeyedErrors},
+    error::{ApiError, ErrorEnvelope, JsonBody, KeyedErrors},
 };
 use crate::metering::TenantId;
 
-/// A key to issue.
-#[derive(Deserialize, ToSchema)]
-#[schema(examples(json!({"role": "tenant", "tenant": "acme"})))]
+/// A key to issue. Its schema is written by hand: only a tenant key names a tenant, and it
+/// must, which the derive cannot say.
+#[derive(Deserialize)]
 pub struct NewKey {
-    #[schema(value_type = IssuableRole)]
     role: String,
     /// The tenant a `tenant` key reads; only tenant keys name one.
     #[serde(default)]
     tenant: Option<String>,
 }
+
+impl PartialSchema for NewKey {
+    fn schema() -> RefOr<Schema> {
+        let role = |roles: &[&str], description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(roles.iter().copied()))
+                .description(Some(description))
+        };
+        let others = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("A finance or ingest key: names no tenant."))
+            .property(
+                "role",
+                role(
+                    &["finance", "ingest"],
+                    "Finance reads all and exports; ingest posts events.",
+                ),
+            )
+            .property(
+                "tenant",
+                ObjectBuilder::new()
+                    .schema_type(Type::Null)
+                    .description(Some("Absent or null.")),
+            )
+            .required("role");
+        let tenant = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("A tenant key: reads its own tenant, created if new."))
+            .property(
+                "role",
+                role(&["tenant"], "Reads its own tenant's usage and invoices."),
+            )
+            .property(
+                "tenant",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The tenant id: 1–64 characters of `A-Za-z0-9._-`."))
+                    .pattern(Some("^[A-Za-z0-9._-]{1,64}$")),
+            )
+            .required("role")
+            .required("tenant");
+        OneOfBuilder::new()
+            .description(Some(
+                "A key to issue: `tenant` keys name their tenant, other roles name none.",
+            ))
+            .item(others)
+            .item(tenant)
+            .examples([json!({"role": "tenant", "tenant": "acme"})])
+            .into()
+    }
+}
+
+impl ToSchema for NewKey {}
 
 /// The roles `POST /v1/api-keys` issues keys for; admin keys come from configuration.
 #[derive(ToSchema)]
@@ -61,17 +117,20 @@ pub struct IssuedKey<'a> {
     request_body = NewKey,
     responses(
         (status = 201, description = "The key, shown once", body = IssuedKey),
-        (status = 400, description = "The body is not JSON of this shape (`invalid_body`)",
+        (status = 400, description = "The body is not JSON (`invalid_body`)",
             body = ErrorEnvelope),
-        (status = 422, description = "An unknown or admin role, or a tenant missing, invalid or \
-            not allowed for the role (`invalid_value`, `missing_field`)", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 1 MiB (`too_large`)", body = ErrorEnvelope),
+        (status = 422, description = "The body is not an object of this shape, an unknown or \
+            admin role, or a tenant missing, invalid or not allowed for the role \
+            (`invalid_value`, `missing_field`); the message names the field",
+            body = ErrorEnvelope),
         KeyedErrors,
     )
 )]
 pub async fn create(
     caller: Caller,
     state: web::Data<AppState>,
-    body: web::Json<NewKey>,
+    JsonBody(body): JsonBody<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let role = match Role::parse(&body.role) {
@@ -116,8 +175,7 @@ pub async fn create(
         state
             .store
             .ensure_tenants(&[tenant.as_str().to_owned()])
-            .await
-            .map_err(ApiError::unavailable)?;
+            .await?;
     }
     let id = uuid::Uuid::new_v4();
     let key = generate_key();

@@ -61,47 +61,44 @@ pub fn server(
             .wrap(from_fn(record_http_metrics))
             // Outermost, so the id also reaches the envelope-wrapped framework errors.
             .wrap(from_fn(request_id::with_request_id))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics))
-            .route("/openapi.json", web::get().to(openapi::openapi))
-            .route("/docs", web::get().to(docs_page::index))
-            .route("/docs/docs.js", web::get().to(docs_page::script))
-            .route("/docs/docs.css", web::get().to(docs_page::style));
+            .service(resource("/healthz", "GET").get(health::healthz))
+            .service(resource("/readyz", "GET").get(health::readyz))
+            .service(resource("/metrics", "GET").get(health::metrics))
+            .service(resource("/openapi.json", "GET").get(openapi::openapi))
+            .service(resource("/docs", "GET").get(docs_page::index))
+            .service(resource("/docs/docs.js", "GET").get(docs_page::script))
+            .service(resource("/docs/docs.css", "GET").get(docs_page::style));
         if serve_v1 {
             app = app.service(
                 web::scope("/v1")
-                    .route("/events", web::post().to(events::ingest))
-                    .route("/api-keys", web::post().to(keys::create))
-                    .route("/tenants/{tenant}/usage", web::get().to(usage::get_usage))
-                    .route("/tenants/{tenant}/invoices", web::get().to(invoices::list))
-                    .route(
-                        "/tenants/{tenant}/invoices/upcoming",
-                        web::get().to(invoices::upcoming),
-                    )
-                    .route(
-                        "/tenants/{tenant}/invoices/{number}",
-                        web::get().to(invoices::get),
-                    )
-                    .route("/billing/finalize", web::post().to(invoices::finalize))
-                    .route(
-                        "/exports/invoice-lines.csv",
-                        web::get().to(exports::invoice_lines),
-                    )
-                    .route("/exports/usage.csv", web::get().to(exports::usage))
-                    .route(
-                        "/exports/function-costs.csv",
-                        web::get().to(exports::function_costs),
-                    )
-                    .route("/plans", web::get().to(plans::list_plans))
+                    .service(resource("/events", "POST").post(events::ingest))
+                    .service(resource("/api-keys", "POST").post(keys::create))
+                    .service(resource("/tenants/{tenant}/usage", "GET").get(usage::get_usage))
+                    .service(resource("/tenants/{tenant}/invoices", "GET").get(invoices::list))
                     .service(
-                        web::resource("/plans/{plan}")
+                        resource("/tenants/{tenant}/invoices/upcoming", "GET")
+                            .get(invoices::upcoming),
+                    )
+                    .service(
+                        resource("/tenants/{tenant}/invoices/{number}", "GET").get(invoices::get),
+                    )
+                    .service(resource("/billing/finalize", "POST").post(invoices::finalize))
+                    .service(
+                        resource("/exports/invoice-lines.csv", "GET").get(exports::invoice_lines),
+                    )
+                    .service(resource("/exports/usage.csv", "GET").get(exports::usage))
+                    .service(
+                        resource("/exports/function-costs.csv", "GET").get(exports::function_costs),
+                    )
+                    .service(resource("/plans", "GET").get(plans::list_plans))
+                    .service(
+                        resource("/plans/{plan}", "GET, PUT")
                             .get(plans::get_plan)
                             .put(plans::put_plan),
                     )
-                    .route("/tenants", web::get().to(tenants::list_tenants))
+                    .service(resource("/tenants", "GET").get(tenants::list_tenants))
                     .service(
-                        web::resource("/tenants/{tenant}")
+                        resource("/tenants/{tenant}", "GET, PUT")
                             .get(tenants::get_tenant)
                             .put(tenants::put_tenant),
                     ),
@@ -114,6 +111,23 @@ pub fn server(
     .shutdown_timeout(5)
     .run();
     Ok(server)
+}
+
+/// A resource whose other methods answer `405` with the envelope and an `Allow` header
+/// listing `allow`, the methods its routes serve.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = error::envelope(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("this resource allows {allow}"),
+        );
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        response
+    }))
 }
 
 async fn record_http_metrics(

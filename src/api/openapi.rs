@@ -50,7 +50,7 @@ use super::{error, events, exports, health, invoices, keys, plans, tenants, usag
     ),
     components(
         // Schemas only parameters refer to are not collected by themselves.
-        schemas(error::ErrorEnvelope, Decimal, Money, Period, Currency, Meter, Arch, Granularity),
+        schemas(error::ErrorEnvelope, Decimal, NonNegativeDecimal, Money, Period, Currency, Meter, Arch, Granularity),
         responses(error::Unauthorized, error::Forbidden, error::Unavailable),
     ),
     modifiers(&BearerScheme),
@@ -156,6 +156,14 @@ string_schema! {
 }
 
 string_schema! {
+    /// Schema only: a decimal quantity or price that is not negative.
+    NonNegativeDecimal: "An exact decimal number, not negative, as a JSON string: digits and \
+        an optional fraction, no sign or exponent, at most 28 significant digits.",
+    r"^[0-9]+(\.[0-9]+)?$",
+    "0.0000166667"
+}
+
+string_schema! {
     /// Schema only: an amount of money.
     Money: "An amount of money as a JSON string with exactly the currency's minor digits \
         (`\"0.40\"` in USD, `\"3\"` in JPY); adjustments may be negative.",
@@ -165,8 +173,8 @@ string_schema! {
 
 string_schema! {
     /// Schema only: a billing period.
-    Period: "A billing period: a calendar month in UTC, `YYYY-MM`.",
-    r"^[0-9]{4}-(0[1-9]|1[0-2])$",
+    Period: "A billing period: a calendar month in UTC, `YYYY-MM`, from `0001-01`.",
+    r"^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])$",
     "2026-10"
 }
 

@@ -24,6 +24,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub(super) limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^(o[0-9]{1,18})?$")]
     pub(super) cursor: Option<String>,
 }
 
@@ -59,6 +60,7 @@ pub struct PlanParams {
             body = PlanDocumentSchema),
         (status = 400, description = "The body is not JSON (`invalid_body`) or the plan id is \
             invalid (`invalid_parameter`)", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 1 MiB (`too_large`)", body = ErrorEnvelope),
         (status = 422, description = "The plan is malformed: unsorted or overlapping tiers, an \
             unknown meter, currency or model, a negative price, …; the message names the field \
             (`invalid_plan`)", body = ErrorEnvelope),
@@ -75,9 +77,7 @@ pub async fn put_plan(
     let id = PlanId::parse(&id).map_err(|problem| ApiError::bad_parameter("plan", problem))?;
     let plan = Plan::from_value(&body)
         .map_err(|e| ApiError::unprocessable("invalid_plan", e.to_string()))?;
-    let stored = plans::store_plan(&state.pool, id.as_str(), &plan)
-        .await
-        .map_err(storage_error)?;
+    let stored = plans::store_plan(&state.pool, id.as_str(), &plan).await?;
     Ok(HttpResponse::Created().json(plan_document(&stored)))
 }
 
@@ -105,9 +105,7 @@ pub async fn list_plans(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Finance])?;
     let page = params.page()?;
-    let mut rows = plans::list_plans(&state.pool, page.limit + 1, page.offset)
-        .await
-        .map_err(storage_error)?;
+    let mut rows = plans::list_plans(&state.pool, page.limit + 1, page.offset).await?;
     let next_cursor = page.next_cursor(&mut rows);
     Ok(HttpResponse::Ok().json(json!({"data": rows, "next_cursor": next_cursor})))
 }
@@ -122,12 +120,13 @@ pub async fn list_plans(
     tag = "plans",
     operation_id = "get_plan",
     security(("bearer" = [])),
-    params(("plan" = String, Path, description = "The plan id"), PlanParams),
+    params(("plan" = String, Path, description = "The plan id: 1–64 characters of \
+        `A-Za-z0-9._-`", pattern = "^[A-Za-z0-9._-]{1,64}$"), PlanParams),
     responses(
         (status = 200, description = "The plan version, with `versions`",
             body = PlanDocumentSchema),
-        (status = 400, description = "`version` is not a positive integer \
-            (`invalid_parameter`)", body = ErrorEnvelope),
+        (status = 400, description = "The plan id is invalid, or `version` is not a positive \
+            integer (`invalid_parameter`)", body = ErrorEnvelope),
         (status = 404, description = "No such plan or version (`not_found`)",
             body = ErrorEnvelope),
         KeyedErrors,
@@ -140,6 +139,7 @@ pub async fn get_plan(
     params: web::Query<PlanParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Finance])?;
+    let id = PlanId::parse(&id).map_err(|problem| ApiError::bad_parameter("plan", problem))?;
     let version = match params.version.as_deref() {
         None => None,
         Some(v) => Some(
@@ -149,16 +149,13 @@ pub async fn get_plan(
                 .ok_or_else(|| ApiError::bad_parameter("version", "must be a positive integer"))?,
         ),
     };
-    let stored = plans::find_plan(&state.pool, &id, version)
-        .await
-        .map_err(storage_error)?
+    let stored = plans::find_plan(&state.pool, id.as_str(), version)
+        .await?
         .ok_or_else(|| match version {
             Some(v) => ApiError::not_found(format!("plan {:?} has no version {v}", id.as_str())),
             None => ApiError::not_found(format!("no plan {:?}", id.as_str())),
         })?;
-    let versions = plans::plan_versions(&state.pool, &id)
-        .await
-        .map_err(storage_error)?;
+    let versions = plans::plan_versions(&state.pool, id.as_str()).await?;
     let mut document = plan_document(&stored);
     document["versions"] = json!(versions);
     Ok(HttpResponse::Ok().json(document))
@@ -171,17 +168,6 @@ fn plan_document(stored: &StoredPlan) -> Value {
         "created_at": stored.created_at,
         "plan": stored.plan,
     })
-}
-
-/// A storage failure: `503` when the database cannot be reached (the client may retry),
-/// otherwise an opaque `500`.
-pub(super) fn storage_error(cause: anyhow::Error) -> ApiError {
-    match cause.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-            ApiError::unavailable(cause)
-        }
-        _ => cause.into(),
-    }
 }
 
 /// One stored version of a plan.
@@ -244,15 +230,15 @@ pub struct PlanSchema {
     #[schema(value_type = openapi::Currency)]
     currency: String,
     /// Free quantities per meter per billing period, at most one per meter, shared by that
-    /// meter's charges in the order they are listed. Default none.
+    /// meter's charges in the order they are listed. Default (and null): none.
     #[schema(required = false)]
-    allowances: Vec<AllowanceSchema>,
+    allowances: Option<Vec<AllowanceSchema>>,
     /// The charges; each becomes one usage line of every invoice. `key`s are unique.
     charges: Vec<ChargeSchema>,
-    /// If the usage lines sum to less, a `minimum` line tops the invoice up to it; no digits
-    /// below the currency's minor unit. Default 0.
-    #[schema(required = false, value_type = openapi::Money)]
-    minimum_charge: String,
+    /// If the usage lines sum to less, a `minimum` line tops the invoice up to it; not
+    /// negative, no digits below the currency's minor unit. Default (and null): 0.
+    #[schema(required = false, value_type = Option<openapi::NonNegativeDecimal>)]
+    minimum_charge: Option<String>,
 }
 
 /// A free quantity of one meter per billing period.
@@ -263,7 +249,7 @@ pub struct PlanSchema {
 pub struct AllowanceSchema {
     meter: openapi::Meter,
     /// Not negative.
-    #[schema(value_type = openapi::Decimal)]
+    #[schema(value_type = openapi::NonNegativeDecimal)]
     quantity: String,
 }
 
@@ -291,7 +277,7 @@ pub struct ChargeSchema {
 pub enum PricingSchema {
     /// Quantity × unit price.
     Unit {
-        #[schema(value_type = openapi::Decimal)]
+        #[schema(value_type = openapi::NonNegativeDecimal)]
         unit_price: String,
     },
     /// Each tier's slice of the quantity at that tier's price.
@@ -301,9 +287,9 @@ pub enum PricingSchema {
     /// ceil(quantity / package size) × package price.
     Package {
         /// Greater than 0.
-        #[schema(value_type = openapi::Decimal)]
+        #[schema(value_type = openapi::NonNegativeDecimal)]
         package_size: String,
-        #[schema(value_type = openapi::Decimal)]
+        #[schema(value_type = openapi::NonNegativeDecimal)]
         package_price: String,
     },
 }
@@ -316,9 +302,9 @@ pub enum PricingSchema {
 pub struct TierSchema {
     /// The inclusive upper bound of the band, counted after the allowance; null for the last
     /// tier.
-    #[schema(value_type = Option<openapi::Decimal>)]
+    #[schema(value_type = Option<openapi::NonNegativeDecimal>)]
     up_to: Option<String>,
     /// The price of one unit in this band.
-    #[schema(value_type = openapi::Decimal)]
+    #[schema(value_type = openapi::NonNegativeDecimal)]
     unit_price: String,
 }

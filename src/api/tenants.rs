@@ -3,21 +3,41 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
     auth::{Caller, Role},
     error::{ApiError, ErrorEnvelope, KeyedErrors},
     openapi,
-    plans::{ListParams, storage_error},
+    plans::ListParams,
 };
 use crate::billing::period::period_start;
 use crate::billing::period::{format_period, parse_period};
-use crate::billing::plans::{self, AssignPlanError, TenantSummary};
+use crate::billing::plans::{self, AssignPlanError, PlanId, TenantSummary};
 use crate::metering::TenantId;
+
+/// The `{tenant}` of a path: parsed before anything else, so an id no tenant can have (a NUL,
+/// a space, 65 characters) is a `400` naming `tenant`, never a query.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// The tenant id: 1–64 characters of `A-Za-z0-9._-`.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
+    tenant: String,
+}
+
+impl TenantPath {
+    pub fn parse(&self) -> Result<TenantId, ApiError> {
+        Self::parse_str(&self.tenant)
+    }
+
+    pub fn parse_str(tenant: &str) -> Result<TenantId, ApiError> {
+        TenantId::parse(tenant).map_err(|p| ApiError::bad_parameter("tenant", p))
+    }
+}
 
 /// The body of `PUT /v1/tenants/{tenant}`, read field by field so that every problem names
 /// its field. Unknown fields are refused: `#[serde(deny_unknown_fields)]` only tells the schema
@@ -31,7 +51,8 @@ use crate::metering::TenantId;
 #[serde(deny_unknown_fields)]
 struct AssignmentRequest {
     /// A stored plan's id.
-    plan_id: String,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
+    plan_id: PlanId,
     /// The billing period the plan takes effect from. Default: the current period for a new
     /// tenant, the next one otherwise. A period already finalized for the tenant is refused.
     #[schema(value_type = Option<openapi::Period>)]
@@ -109,7 +130,9 @@ impl TryFrom<&Value> for AssignmentRequest {
                     "plan_id: is required",
                 ));
             }
-            Some(Value::String(id)) => id.clone(),
+            Some(Value::String(id)) => {
+                PlanId::parse(id).map_err(|problem| invalid(format!("plan_id: {problem}")))?
+            }
             Some(_) => return Err(invalid("plan_id: must be a string".to_owned())),
         };
         let effective_from = match fields.get("effective_from") {
@@ -142,7 +165,7 @@ impl From<AssignPlanError> for ApiError {
                      choose a later period"
                 ),
             ),
-            AssignPlanError::Unexpected(cause) => storage_error(cause),
+            AssignPlanError::Unexpected(cause) => cause.into(),
         }
     }
 }
@@ -157,8 +180,7 @@ impl From<AssignPlanError> for ApiError {
     tag = "tenants",
     operation_id = "put_tenant",
     security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "The tenant id: 1–64 characters of \
-        `A-Za-z0-9._-`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    params(TenantPath),
     request_body = AssignmentRequest,
     responses(
         (status = 200, description = "The tenant existed; its plan history now",
@@ -166,6 +188,7 @@ impl From<AssignPlanError> for ApiError {
         (status = 201, description = "The tenant was created", body = TenantDocument),
         (status = 400, description = "The body is not JSON (`invalid_body`) or the tenant id is \
             invalid (`invalid_parameter`)", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 1 MiB (`too_large`)", body = ErrorEnvelope),
         (status = 409, description = "`effective_from` is a period already finalized for the \
             tenant (`period_finalized`)", body = ErrorEnvelope),
         (status = 422, description = "A field is missing, unknown or malformed \
@@ -177,17 +200,17 @@ impl From<AssignPlanError> for ApiError {
 pub async fn put_tenant(
     caller: Caller,
     state: web::Data<AppState>,
-    tenant: web::Path<String>,
+    tenant: web::Path<TenantPath>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
-    let tenant = TenantId::parse(&tenant).map_err(|p| ApiError::bad_parameter("tenant", p))?;
+    let tenant = tenant.parse()?;
     let request = AssignmentRequest::try_from(&*body)?;
     let current = period_start(Utc::now());
     let assigned = plans::assign_plan(
         &state.pool,
         tenant.as_str(),
-        &request.plan_id,
+        request.plan_id.as_str(),
         request.effective_from,
         current,
     )
@@ -226,9 +249,7 @@ pub async fn list_tenants(
     caller.require(&[Role::Admin, Role::Finance])?;
     let page = params.page()?;
     let current = period_start(Utc::now());
-    let mut rows = plans::list_tenants(&state.pool, current, page.limit + 1, page.offset)
-        .await
-        .map_err(storage_error)?;
+    let mut rows = plans::list_tenants(&state.pool, current, page.limit + 1, page.offset).await?;
     let next_cursor = page.next_cursor(&mut rows);
     let data = rows.into_iter().map(TenantEntry::from).collect();
     Ok(HttpResponse::Ok().json(TenantPage { data, next_cursor }))
@@ -244,9 +265,11 @@ pub async fn list_tenants(
     tag = "tenants",
     operation_id = "get_tenant",
     security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "The tenant id")),
+    params(TenantPath),
     responses(
         (status = 200, description = "The tenant", body = TenantDocument),
+        (status = 400, description = "The tenant id is invalid (`invalid_parameter`)",
+            body = ErrorEnvelope),
         (status = 404, description = "No such tenant, or another tenant's key (`not_found`)",
             body = ErrorEnvelope),
         KeyedErrors,
@@ -255,10 +278,11 @@ pub async fn list_tenants(
 pub async fn get_tenant(
     caller: Caller,
     state: web::Data<AppState>,
-    tenant: web::Path<String>,
+    tenant: web::Path<TenantPath>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_tenant_reader(&tenant)?;
-    let document = tenant_document(&state, &tenant, period_start(Utc::now())).await?;
+    let tenant = tenant.parse()?;
+    caller.require_tenant_reader(tenant.as_str())?;
+    let document = tenant_document(&state, tenant.as_str(), period_start(Utc::now())).await?;
     Ok(HttpResponse::Ok().json(document))
 }
 
@@ -269,12 +293,9 @@ async fn tenant_document(
     current: NaiveDate,
 ) -> Result<TenantDocument, ApiError> {
     let summary = plans::find_tenant(&state.pool, tenant, current)
-        .await
-        .map_err(storage_error)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant:?}")))?;
-    let history = plans::plan_history(&state.pool, tenant)
-        .await
-        .map_err(storage_error)?;
+    let history = plans::plan_history(&state.pool, tenant).await?;
     let plans = history
         .into_iter()
         .map(|a| PlanAssignment {

@@ -10,6 +10,7 @@ use super::{
     auth::Caller,
     error::{ApiError, ErrorEnvelope, KeyedErrors},
     openapi,
+    tenants::TenantPath,
 };
 use crate::metering::usage::{Granularity, UsageQuery, query_usage};
 
@@ -17,26 +18,33 @@ use crate::metering::usage::{Granularity, UsageQuery, query_usage};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
-    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour.
+    /// The start of the range, inclusive: RFC 3339 on a whole UTC hour
+    /// (`YYYY-MM-DDTHH:00:00` then `Z` or an offset of whole hours).
     #[param(
         required = true,
         value_type = String,
-        format = DateTime,
+        pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):00:00(Z|[+-]([01][0-9]|2[0-3]):00)$",
         example = "2026-11-01T00:00:00Z"
     )]
     from: Option<String>,
-    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour, later than `from`.
+    /// The end of the range, exclusive: RFC 3339 on a whole UTC hour
+    /// (`YYYY-MM-DDTHH:00:00` then `Z` or an offset of whole hours), later than `from`.
     #[param(
         required = true,
         value_type = String,
-        format = DateTime,
+        pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):00:00(Z|[+-]([01][0-9]|2[0-3]):00)$",
         example = "2026-12-01T00:00:00Z"
     )]
     to: Option<String>,
     /// The bucket size, aligned in UTC; default `hour`.
     #[param(value_type = Option<openapi::Granularity>)]
     granularity: Option<String>,
-    /// Only this function's usage.
+    /// Only this function's usage: 1 to 256 characters, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     function: Option<String>,
     /// Comma-separated fields to group by, from `function` and `arch`; without it, one row per
     /// bucket sums all functions and archs.
@@ -46,6 +54,7 @@ pub struct UsageParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^(o[0-9]{1,18})?$")]
     cursor: Option<String>,
 }
 
@@ -94,7 +103,7 @@ pub struct UsagePage {
     tag = "usage",
     operation_id = "get_usage",
     security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "The tenant's id"), UsageParams),
+    params(TenantPath, UsageParams),
     responses(
         (status = 200, description = "A page of usage rows", body = UsagePage),
         (status = 400, description = "A parameter is missing or malformed; the message names \
@@ -107,11 +116,11 @@ pub struct UsagePage {
 pub async fn get_usage(
     caller: Caller,
     state: web::Data<AppState>,
-    tenant: web::Path<String>,
+    tenant: web::Path<TenantPath>,
     params: web::Query<UsageParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant.into_inner();
-    caller.require_tenant_reader(&tenant)?;
+    let tenant = tenant.parse()?;
+    caller.require_tenant_reader(tenant.as_str())?;
     let page = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
     let (from, to, granularity) = bucket_range(
         params.from.as_deref(),
@@ -132,9 +141,19 @@ pub async fn get_usage(
             }
         }
     }
-    tenant_exists(&state, &tenant).await?;
+    if let Some(function) = &params.function
+        && (!(1..=256).contains(&function.chars().count())
+            || function.chars().any(char::is_control))
+    {
+        // No event's function could match (see ingest::decode).
+        return Err(ApiError::bad_parameter(
+            "function",
+            "must be 1 to 256 characters without control characters",
+        ));
+    }
+    tenant_exists(&state, tenant.as_str()).await?;
     let query = UsageQuery {
-        tenant,
+        tenant: tenant.to_string(),
         from,
         to,
         granularity,
@@ -196,6 +215,13 @@ fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError
     let value = value.ok_or_else(|| {
         ApiError::bad_parameter(name, "is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
     })?;
+    if !is_whole_hour_text(value) {
+        return Err(ApiError::bad_parameter(
+            name,
+            "must be RFC 3339 on a whole UTC hour, YYYY-MM-DDTHH:00:00 with Z or an offset of \
+             whole hours, e.g. 2026-11-01T00:00:00Z: usage is kept in hourly buckets",
+        ));
+    }
     let t = DateTime::parse_from_rfc3339(value)
         .map_err(|e| ApiError::bad_parameter(name, format!("must be RFC 3339 ({e})")))?
         .with_timezone(&Utc);
@@ -206,6 +232,30 @@ fn hour_param(name: &str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError
         ));
     }
     Ok(t)
+}
+
+/// The text form `from` and `to` must have (their `pattern` in the OpenAPI document narrows
+/// the digits to valid dates and hours): `YYYY-MM-DDTHH:00:00`
+/// then `Z` or `±HH:00`.
+fn is_whole_hour_text(value: &str) -> bool {
+    let b = value.as_bytes();
+    let digits = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_digit);
+    let head = b.len() >= 19
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && &b[13..19] == b":00:00";
+    head && match &b[19..] {
+        b"Z" => true,
+        [sign, h1, h2, b':', b'0', b'0'] => {
+            matches!(sign, b'+' | b'-') && h1.is_ascii_digit() && h2.is_ascii_digit()
+        }
+        _ => false,
+    }
 }
 
 /// `limit` and `cursor` of a list. The cursor is opaque to clients; inside it is the offset
@@ -231,8 +281,8 @@ impl Page {
             None | Some("") => 0,
             Some(c) => c
                 .strip_prefix("o")
+                .filter(|n| (1..=18).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse::<i64>().ok())
-                .filter(|n| *n >= 0)
                 .ok_or_else(|| {
                     ApiError::bad_parameter("cursor", "is not a cursor this API returned")
                 })?,
