@@ -70,6 +70,17 @@ grep -E '^COPY [^-]' Dockerfile | awk '{print $2}' | while read -r src; do
     [ "$src" = "." ] || [ -e "$src" ] || { echo "Dockerfile copies missing $src" >&2; exit 1; }
 done
 
+# The planner stage, run here when cargo-chef is installed (installing it takes minutes, so CI
+# does not): the recipe must come out of the build context as .dockerignore leaves it.
+if command -v cargo-chef >/dev/null 2>&1; then
+    log "cargo chef prepare on the build context"
+    context=$(mktemp -d)
+    trap 'rm -rf "$context"' EXIT
+    tar --exclude=./target --exclude=./.git --exclude=./.ci --exclude=./.config -cf - . \
+        | tar -xf - -C "$context"
+    (cd "$context" && cargo chef prepare --recipe-path recipe.json >/dev/null && test -s recipe.json)
+fi
+
 log "Prometheus rules and config (promtool)"
 promtool check rules monitoring/alerts.yml
 (cd monitoring && promtool test rules alerts_test.yml)
