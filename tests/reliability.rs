@@ -604,9 +604,10 @@ async fn a_database_outage_delays_usage_but_never_dead_letters_it() {
     common::wait_for_requests(&app.pool, workload.expected_count()).await;
     // The counter is bumped after the commit the database shows, so wait for it too.
     let accepted_before = workload.expected_count() as u64;
-    eventually("the accepted-events counter to catch up with the commits", async || {
-        (app.metrics().events_accepted.get() == accepted_before).then_some(())
-    })
+    eventually(
+        "the accepted-events counter to catch up with the commits",
+        async || (app.metrics().events_accepted.get() == accepted_before).then_some(()),
+    )
     .await;
 
     let outage = DatabaseOutage::begin(&settings).await;
