@@ -131,17 +131,15 @@ pub async fn ingest(
     }
     let events = decode_message(&body, state.store.rules(), chrono::Utc::now())
         .map_err(|r| ApiError::unprocessable(r.code.as_str(), r.reason))?;
-    let outcome =
-        state.store.record_events(&events).await.map_err(|error| {
-            match DataRefusal::of(&error) {
-                // The same data would fail on every retry: the client's to fix, not an outage.
-                Some(refusal) => ApiError::unprocessable(
-                    ErrorCode::RejectedByDatabase.as_str(),
-                    refusal.to_string(),
-                ),
-                None => ApiError::unavailable(error),
+    let outcome = state.store.record_events(&events).await.map_err(|error| {
+        match DataRefusal::of(&error) {
+            // The same data would fail on every retry: the client's to fix, not an outage.
+            Some(refusal) => {
+                ApiError::unprocessable(ErrorCode::RejectedByDatabase.as_str(), refusal.to_string())
             }
-        })?;
+            None => ApiError::unavailable(error),
+        }
+    })?;
     state.metrics.events_accepted.inc_by(outcome.accepted);
     state.metrics.events_duplicate.inc_by(outcome.duplicates);
     Ok(HttpResponse::Ok().json(IngestOutcome {

@@ -12,7 +12,8 @@
 //! Batches are committed and acked in delivery order on one channel, so `multiple` acks never
 //! cover an uncommitted delivery. A batch the database refuses for its data (SQLSTATE class
 //! 22 or 23, see [`DataRefusal`]) is not retried: it is split in halves until the refused
-//! messages are isolated, those are dead-lettered (`rejected_by_database`) and the rest commits. A crash anywhere leaves the unacked deliveries to be
+//! messages are isolated, those are dead-lettered (`rejected_by_database`) and the rest
+//! commits. A crash anywhere leaves the unacked deliveries to be
 //! redelivered, and the ledger makes the replay count nothing twice. A broken broker
 //! session is torn down and re-established with backoff.
 
