@@ -602,8 +602,13 @@ async fn a_database_outage_delays_usage_but_never_dead_letters_it() {
     let bodies = workload.messages(&before, 20);
     publish_all(&app, &bodies).await;
     common::wait_for_requests(&app.pool, workload.expected_count()).await;
-    let accepted_before = app.metrics().events_accepted.get();
-    assert_eq!(accepted_before, workload.expected_count() as u64);
+    // The counter is bumped after the commit the database shows, so wait for it too.
+    let accepted_before = workload.expected_count() as u64;
+    eventually(
+        "the accepted-events counter to catch up with the commits",
+        async || (app.metrics().events_accepted.get() == accepted_before).then_some(()),
+    )
+    .await;
 
     let outage = DatabaseOutage::begin(&settings).await;
     let during = workload.stream(2_000, 0.2);

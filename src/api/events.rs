@@ -15,6 +15,7 @@ use super::{
     openapi,
 };
 use crate::ingest::decode::{ErrorCode, MAX_BODY_BYTES, MAX_EVENTS, decode_message};
+use crate::metering::store::DataRefusal;
 
 /// What an ingest call recorded.
 #[derive(Serialize, ToSchema)]
@@ -91,7 +92,7 @@ pub struct UsageEvent {
 /// The same body, validation, idempotency and aggregation as an AMQP message: a body
 /// that would be dead-lettered gets `422` with the dead-letter code (`invalid_json`,
 /// `invalid_shape`, `missing_field`, `invalid_value`, `too_old`, `in_future`,
-/// `too_many_events`) and reason. Role `ingest` or `admin`.
+/// `too_many_events`, `rejected_by_database`) and reason. Role `ingest` or `admin`.
 #[utoipa::path(
     post,
     path = "/v1/events",
@@ -130,7 +131,16 @@ pub async fn ingest(
     }
     let events = decode_message(&body, state.store.rules(), chrono::Utc::now())
         .map_err(|r| ApiError::unprocessable(r.code.as_str(), r.reason))?;
-    let outcome = state.store.record_events(&events).await?;
+    let outcome = state.store.record_events(&events).await.map_err(|error| {
+        match DataRefusal::of(&error) {
+            // The same data would fail on every retry: the client's to fix, named as a dead
+            // letter would name it.
+            Some(refusal) => {
+                ApiError::unprocessable(ErrorCode::RejectedByDatabase.as_str(), refusal.to_string())
+            }
+            None => ApiError::from(error),
+        }
+    })?;
     state.metrics.events_accepted.inc_by(outcome.accepted);
     state.metrics.events_duplicate.inc_by(outcome.duplicates);
     Ok(HttpResponse::Ok().json(IngestOutcome {

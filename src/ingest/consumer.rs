@@ -10,7 +10,10 @@
 //!   everything up to the batch's last delivery tag.
 //!
 //! Batches are committed and acked in delivery order on one channel, so `multiple` acks never
-//! cover an uncommitted delivery. A crash anywhere leaves the unacked deliveries to be
+//! cover an uncommitted delivery. A batch the database refuses for its data (SQLSTATE class
+//! 22 or 23, see [`DataRefusal`]) is not retried: it is split in halves until the refused
+//! messages are isolated, those are dead-lettered (`rejected_by_database`) and the rest
+//! commits. A crash anywhere leaves the unacked deliveries to be
 //! redelivered, and the ledger makes the replay count nothing twice. A broken broker
 //! session is torn down and re-established with backoff.
 
@@ -33,10 +36,10 @@ use lapin::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::decode::{Rejection, decode_message};
+use super::decode::{ErrorCode, Rejection, decode_message};
 use super::topology;
 use crate::config::AmqpSettings;
-use crate::metering::store::split_by_series;
+use crate::metering::store::{DataRefusal, split_by_series_with};
 use crate::metering::{MeterStore, UsageEvent};
 use crate::metrics::Metrics;
 
@@ -134,18 +137,24 @@ struct Consumer {
     shutdown: CancellationToken,
 }
 
-/// One delivery, decoded.
-enum Received {
-    Events(Vec<UsageEvent>),
-    Poison(Box<Poison>),
+/// One delivery, decoded: its events, or why it must be dead-lettered.
+struct Received {
+    message: Message,
+    decoded: Result<Vec<UsageEvent>, Rejection>,
 }
 
-/// A delivery to dead-letter, with what republishing it unchanged needs.
-struct Poison {
-    rejection: Rejection,
+/// What republishing a delivery unchanged needs. Kept for valid messages too, since the
+/// database may still refuse their data.
+struct Message {
     body: Vec<u8>,
     routing_key: String,
     properties: BasicProperties,
+}
+
+/// A delivery to dead-letter.
+struct Poison {
+    rejection: Rejection,
+    message: Message,
 }
 
 /// The consumer being read, and the prefetch to consume with once it has drained.
@@ -172,12 +181,36 @@ struct Batch {
 /// A batch ready to record: its events without in-batch duplicates, split by series into
 /// one part per writer, and a fingerprint of each event's (tenant, id).
 struct Prepared {
-    parts: Vec<Vec<UsageEvent>>,
+    parts: Vec<Part>,
     duplicates: u64,
     ids: Arc<HashSet<u64>>,
     last_tag: u64,
     messages: usize,
     poison: Vec<Poison>,
+    /// The valid messages, by their place in the batch, in case the database refuses one.
+    valid: Vec<Option<Message>>,
+}
+
+/// The events one writer records, each with the place in the batch of the message it came
+/// from (non-decreasing: a message's events are contiguous).
+#[derive(Default)]
+struct Part {
+    events: Vec<UsageEvent>,
+    origins: Vec<usize>,
+}
+
+impl Part {
+    /// The contiguous runs of events of one message: (message, range of events).
+    fn messages(&self) -> Vec<(usize, std::ops::Range<usize>)> {
+        let mut runs: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (i, &origin) in self.origins.iter().enumerate() {
+            match runs.last_mut() {
+                Some((last, range)) if *last == origin => range.end = i + 1,
+                _ => runs.push((origin, i..i + 1)),
+            }
+        }
+        runs
+    }
 }
 
 impl Prepared {
@@ -185,10 +218,20 @@ impl Prepared {
         let messages = batch.received.len();
         let mut events = Vec::with_capacity(batch.events);
         let mut poison = Vec::new();
-        for received in batch.received {
-            match received {
-                Received::Events(mut e) => events.append(&mut e),
-                Received::Poison(p) => poison.push(*p),
+        let mut valid = Vec::with_capacity(messages);
+        for (origin, received) in batch.received.into_iter().enumerate() {
+            match received.decoded {
+                Ok(decoded) => {
+                    events.extend(decoded.into_iter().map(|e| (origin, e)));
+                    valid.push(Some(received.message));
+                }
+                Err(rejection) => {
+                    poison.push(Poison {
+                        rejection,
+                        message: received.message,
+                    });
+                    valid.push(None);
+                }
             }
         }
         // A small batch is one transaction: a split would only add per-transaction costs.
@@ -200,9 +243,16 @@ impl Prepared {
         let hasher = BuildHasherDefault::<DefaultHasher>::default();
         let ids = events
             .iter()
-            .map(|e| hasher.hash_one((e.tenant.as_str(), e.id.as_str())))
+            .map(|(_, e)| hasher.hash_one((e.tenant.as_str(), e.id.as_str())))
             .collect();
-        let (parts, duplicates) = split_by_series(events, writers);
+        let (parts, duplicates) = split_by_series_with(events, writers, |(_, e)| e);
+        let parts = parts
+            .into_iter()
+            .map(|part| {
+                let (origins, events) = part.into_iter().unzip();
+                Part { events, origins }
+            })
+            .collect();
         Prepared {
             parts,
             duplicates,
@@ -210,6 +260,7 @@ impl Prepared {
             last_tag: batch.last_tag,
             messages,
             poison,
+            valid,
         }
     }
 }
@@ -375,18 +426,18 @@ impl Consumer {
     fn add(&self, batch: &mut Batch, delivery: lapin::message::Delivery) {
         self.metrics.consumer_in_flight.inc();
         batch.last_tag = delivery.delivery_tag;
-        match decode_message(&delivery.data, self.store.rules(), Utc::now()) {
-            Ok(events) => {
-                batch.events += events.len();
-                batch.received.push(Received::Events(events));
-            }
-            Err(rejection) => batch.received.push(Received::Poison(Box::new(Poison {
-                rejection,
+        let decoded = decode_message(&delivery.data, self.store.rules(), Utc::now());
+        if let Ok(events) = &decoded {
+            batch.events += events.len();
+        }
+        batch.received.push(Received {
+            message: Message {
                 body: delivery.data,
                 routing_key: delivery.routing_key.to_string(),
                 properties: delivery.properties,
-            }))),
-        }
+            },
+            decoded,
+        });
     }
 
     /// Commits batches in order until the reader stops.
@@ -438,7 +489,7 @@ impl Consumer {
     /// this batch has committed.
     async fn record_batch(
         &self,
-        batch: Prepared,
+        mut batch: Prepared,
         after: Option<oneshot::Receiver<()>>,
         done: oneshot::Sender<()>,
     ) -> Option<Recorded> {
@@ -451,12 +502,23 @@ impl Consumer {
                 .parts
                 .iter()
                 .enumerate()
-                .filter(|(_, events)| !events.is_empty())
-                .map(|(part, events)| self.record(events, part)),
+                .filter(|(_, part)| !part.events.is_empty())
+                .map(|(n, part)| self.record_isolating(part, n)),
         )
         .await;
-        if recorded.contains(&false) {
-            return None;
+        for refused in recorded {
+            for (origin, refusal) in refused? {
+                // A message with events in two refused parts is dead-lettered once.
+                if let Some(message) = batch.valid[origin].take() {
+                    batch.poison.push(Poison {
+                        rejection: Rejection {
+                            code: ErrorCode::RejectedByDatabase,
+                            reason: refusal.to_string(),
+                        },
+                        message,
+                    });
+                }
+            }
         }
         let _ = done.send(());
         Some(Recorded {
@@ -466,13 +528,51 @@ impl Consumer {
         })
     }
 
+    /// Records a part; if the database refuses its data, splits it in halves (by message)
+    /// until each refused message stands alone, and commits the rest. Returns the refused
+    /// messages with their refusals, or None if shutdown came first.
+    ///
+    /// A refused message's events in *other* parts may have committed: they stay counted,
+    /// and a replay of its dead letter finds them in the ledger (duplicates), so nothing is
+    /// counted twice.
+    async fn record_isolating(&self, part: &Part, n: usize) -> Option<Vec<(usize, DataRefusal)>> {
+        let refusal = match self.record(&part.events, n).await? {
+            Ok(()) => return Some(Vec::new()),
+            Err(refusal) => refusal,
+        };
+        let messages = part.messages();
+        let mut refused = Vec::new();
+        let mut pending = vec![(0..messages.len(), refusal)];
+        while let Some((range, refusal)) = pending.pop() {
+            if range.len() == 1 {
+                refused.push((messages[range.start].0, refusal));
+                continue;
+            }
+            let middle = range.start + range.len() / 2;
+            for half in [range.start..middle, middle..range.end] {
+                let events = messages[half.start].1.start..messages[half.end - 1].1.end;
+                if let Err(refusal) = self.record(&part.events[events], n).await? {
+                    pending.push((half, refusal));
+                }
+            }
+        }
+        tracing::warn!(
+            messages = refused.len(),
+            "the database refused the data of some messages; dead-lettering them"
+        );
+        Some(refused)
+    }
+
     /// Republishes a poison message unchanged, with the reason in its headers.
     async fn dead_letter(&self, channel: &Channel, poison: Poison) -> anyhow::Result<()> {
         let Poison {
             rejection,
-            body,
-            routing_key,
-            properties,
+            message:
+                Message {
+                    body,
+                    routing_key,
+                    properties,
+                },
         } = poison;
         tracing::warn!(code = rejection.code.as_str(), reason = %rejection.reason, "dead-lettering a message");
         let mut headers = properties.headers().clone().unwrap_or_default();
@@ -501,8 +601,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// Records events, retrying until it succeeds; false if shutdown came first.
-    async fn record(&self, events: &[UsageEvent], part: usize) -> bool {
+    /// Records events, retrying transient failures until it succeeds: `Ok` once committed,
+    /// `Err` if the database refused the data (nothing committed), None if shutdown came
+    /// first.
+    async fn record(&self, events: &[UsageEvent], part: usize) -> Option<Result<(), DataRefusal>> {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let started = std::time::Instant::now();
@@ -514,15 +616,22 @@ impl Consumer {
                     self.metrics.batch_events.observe(events.len() as f64);
                     self.metrics.events_accepted.inc_by(outcome.accepted);
                     self.metrics.events_duplicate.inc_by(outcome.duplicates);
-                    return true;
+                    return Some(Ok(()));
                 }
                 Err(error) => {
+                    if let Some(refusal) = DataRefusal::of(&error) {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "the database refused a batch's data"
+                        );
+                        return Some(Err(refusal));
+                    }
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "recording a batch failed; retrying"
                     );
                     if !pause(&mut backoff, &self.shutdown).await {
-                        return false;
+                        return None;
                     }
                 }
             }

@@ -30,10 +30,13 @@ pub enum ErrorCode {
     InFuture,
     TooLarge,
     TooManyEvents,
+    /// Valid by every rule above, yet the database refused its data (SQLSTATE class 22 or
+    /// 23): a gap in validation, isolated instead of retried for ever.
+    RejectedByDatabase,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidShape,
         ErrorCode::MissingField,
@@ -42,6 +45,7 @@ impl ErrorCode {
         ErrorCode::InFuture,
         ErrorCode::TooLarge,
         ErrorCode::TooManyEvents,
+        ErrorCode::RejectedByDatabase,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::InFuture => "in_future",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::TooManyEvents => "too_many_events",
+            ErrorCode::RejectedByDatabase => "rejected_by_database",
         }
     }
 }
@@ -239,6 +244,10 @@ fn decode_event(
     if !(1..=128).contains(&id_len) {
         return Err(path.invalid("id", format!("must be 1 to 128 characters (got {id_len})")));
     }
+    // PostgreSQL text cannot hold U+0000; any other character is stored as sent.
+    if id.contains('\0') {
+        return Err(path.invalid("id", "must not contain U+0000 (NUL)"));
+    }
 
     let tenant = string_field(&path, "tenant", fields.tenant)?;
     let tenant = TenantId::parse(&tenant).map_err(|problem| path.invalid("tenant", problem))?;
@@ -338,7 +347,9 @@ fn string_field(
         .map_err(|_| path.invalid(field, format!("must be a string (got {})", echo(raw.get()))))
 }
 
-/// A JSON number read exactly from its text; `None` when absent or null.
+/// A JSON number read exactly from its text; `None` when absent or null. A number a
+/// `Decimal` cannot hold exactly (more than 28 decimal places, or a mantissa beyond 96 bits)
+/// is refused, never rounded.
 fn number_field(
     path: &FieldPath,
     field: &str,
@@ -349,14 +360,64 @@ fn number_field(
     if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         return Err(path.invalid(field, format!("must be a number (got {})", echo(text))));
     }
-    let parsed = if text.contains(['e', 'E']) {
-        Decimal::from_scientific(text)
-    } else {
-        Decimal::from_str(text)
+    exact_decimal(text).map(Some).ok_or_else(|| {
+        path.invalid(
+            field,
+            format!(
+                "cannot be held exactly: at most 28 significant digits and 28 decimal places \
+                 (got {})",
+                echo(text)
+            ),
+        )
+    })
+}
+
+/// The exact value of a JSON number's text (`-12.5e3`), or None if a `Decimal` cannot hold
+/// it without rounding.
+fn exact_decimal(text: &str) -> Option<Decimal> {
+    const MAX_SCALE: i64 = 28;
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
     };
-    parsed
-        .map(Some)
-        .map_err(|_| path.invalid(field, format!("is out of range (got {})", echo(text))))
+    let (number, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => {
+            let exponent = &unsigned[at + 1..];
+            let exponent = exponent.strip_prefix('+').unwrap_or(exponent);
+            (&unsigned[..at], exponent.parse::<i64>().ok()?)
+        }
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || !(whole.bytes().chain(fraction.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // value = digits × 10^exponent, with the digits' own leading and trailing zeros dropped.
+    let digits = format!("{whole}{fraction}");
+    let mut exponent = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let significant = digits.trim_start_matches('0');
+    let trimmed = significant.trim_end_matches('0');
+    if trimmed.is_empty() {
+        return Some(Decimal::ZERO);
+    }
+    exponent = exponent.checked_add(i64::try_from(significant.len() - trimmed.len()).ok()?)?;
+    // 29 digits already exceed a Decimal's 96-bit mantissa once over 79228162514264337593543950335.
+    if trimmed.len() > 29 {
+        return None;
+    }
+    let mut mantissa: i128 = trimmed.parse().ok()?;
+    let scale = if exponent >= 0 {
+        mantissa = mantissa.checked_mul(10i128.checked_pow(u32::try_from(exponent).ok()?)?)?;
+        0
+    } else if -exponent <= MAX_SCALE {
+        u32::try_from(-exponent).ok()?
+    } else {
+        return None;
+    };
+    if negative {
+        mantissa = -mantissa;
+    }
+    Decimal::try_from_i128_with_scale(mantissa, scale).ok()
 }
 
 fn check_range(
@@ -534,6 +595,70 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_a_text_field_is_an_invalid_value_naming_the_field() {
+        for field in ["id", "tenant", "function"] {
+            let r = rejection_with(|e| {
+                e.insert(field.into(), json!("a\u{0}b"));
+            });
+            assert_eq!(r.code, ErrorCode::InvalidValue, "{field}: {}", r.reason);
+            assert!(r.reason.starts_with(field), "{field}: {}", r.reason);
+        }
+    }
+
+    #[test]
+    fn numbers_that_a_decimal_cannot_hold_exactly_are_refused_not_rounded() {
+        for number in [
+            "1.000000000000000000000000000001",
+            "1e-32",
+            "0.00000000000000000000000000001",
+            "1234567890.12345678901234567890",
+            "-1e-400",
+            "1e400",
+            "123456789012345678901234567890123",
+            "1e99999999999999999999",
+        ] {
+            for field in ["duration_ms", "init_duration_ms", "memory_mb"] {
+                let mut fields = vec![
+                    r#""id":"e","tenant":"t","function":"f","timestamp":"2026-11-21T10:00:00Z""#
+                        .to_owned(),
+                ];
+                for (name, value) in [("duration_ms", "1"), ("memory_mb", "128")] {
+                    if name != field {
+                        fields.push(format!(r#""{name}":{value}"#));
+                    }
+                }
+                fields.push(format!(r#""{field}":{number}"#));
+                let body = format!("{{{}}}", fields.join(","));
+                let r = decode_message(body.as_bytes(), &MeteringRules::default(), now())
+                    .expect_err(number);
+                assert_eq!(r.code, ErrorCode::InvalidValue, "{number}: {}", r.reason);
+                assert!(r.reason.starts_with(field), "{number}: {}", r.reason);
+            }
+        }
+        // Exactly representable, however written: accepted with its exact value.
+        for (number, exact) in [
+            ("1e-28", "0.0000000000000000000000000001"),
+            ("0.1000000000000000000000000000", "0.1"),
+            ("1.0000000000000000000000000000000000", "1"),
+            ("0e-400", "0"),
+            ("-0", "0"),
+            ("2.5E+3", "2500"),
+            ("12.5e-1", "1.25"),
+        ] {
+            let body = format!(
+                r#"{{"id":"e","tenant":"t","function":"f","timestamp":"2026-11-21T10:00:00Z","duration_ms":{number},"memory_mb":128}}"#
+            );
+            let events = decode_message(body.as_bytes(), &MeteringRules::default(), now());
+            let events = events.unwrap_or_else(|r| panic!("{number}: {r}"));
+            assert_eq!(
+                events[0].duration_ms,
+                Decimal::from_str(exact).unwrap(),
+                "{number}"
+            );
+        }
+    }
+
+    #[test]
     fn numbers_beyond_decimal_range_are_invalid_values_not_panics() {
         for number in ["1e400", "123456789012345678901234567890123", "-1e-400"] {
             let body = format!(
@@ -567,6 +692,37 @@ mod tests {
             let mut e = event();
             e["timestamp"] = json!(ok.to_rfc3339());
             assert!(decode(&e).is_ok(), "{ok}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the decoder answers with events or a code; it never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = decode_message(&body, &MeteringRules::default(), now());
+        }
+
+        /// Any JSON number text is read exactly or refused: never rounded.
+        #[test]
+        fn number_text_is_exact_or_refused(text in "-?(0|[1-9][0-9]{0,35})(\\.[0-9]{1,35})?") {
+            // The text's own canonical form: no trailing fraction zeros, no negative zero.
+            let trimmed = if text.contains('.') {
+                text.trim_end_matches('0').trim_end_matches('.')
+            } else {
+                &text
+            };
+            let canonical = if trimmed.trim_start_matches('-').bytes().all(|b| b == b'0') {
+                "0".to_owned()
+            } else {
+                trimmed.to_owned()
+            };
+            match exact_decimal(&text) {
+                Some(exact) => proptest::prop_assert_eq!(exact.normalize().to_string(), canonical),
+                None => proptest::prop_assert!(
+                    Decimal::from_str(&canonical).map_or(true, |d| d.normalize().to_string() != canonical),
+                    "{} is representable but was refused", text
+                ),
+            }
         }
     }
 

@@ -225,27 +225,41 @@ impl MeterStore {
 /// already); every series (tenant, function, arch) falls in one part, so the parts' bucket
 /// rows never overlap and their transactions never wait for each other's locks.
 pub fn split_by_series(events: Vec<UsageEvent>, parts: usize) -> (Vec<Vec<UsageEvent>>, u64) {
+    split_by_series_with(events, parts, |e| e)
+}
+
+/// [`split_by_series`] for items that carry an event (and something else, such as the
+/// message it came from); items keep their order within a part.
+pub fn split_by_series_with<T>(
+    items: Vec<T>,
+    parts: usize,
+    event: impl Fn(&T) -> &UsageEvent,
+) -> (Vec<Vec<T>>, u64) {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let parts = parts.max(1);
     let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let mut split: Vec<Vec<UsageEvent>> = (0..parts)
-        .map(|_| Vec::with_capacity(events.len() / parts + 1))
+    let mut split: Vec<Vec<T>> = (0..parts)
+        .map(|_| Vec::with_capacity(items.len() / parts + 1))
         .collect();
     let first: Vec<bool> = {
-        let mut seen = HashSet::with_capacity(events.len());
-        events
+        let mut seen = HashSet::with_capacity(items.len());
+        items
             .iter()
-            .map(|e| seen.insert((e.tenant.as_str(), e.id.as_str())))
+            .map(|item| {
+                let e = event(item);
+                seen.insert((e.tenant.as_str(), e.id.as_str()))
+            })
             .collect()
     };
     let mut duplicates = 0;
-    for (e, first) in events.into_iter().zip(first) {
+    for (item, first) in items.into_iter().zip(first) {
         if !first {
             duplicates += 1;
             continue;
         }
+        let e = event(&item);
         let series = hasher.hash_one((e.tenant.as_str(), &e.function, e.arch.as_str()));
-        split[(series % parts as u64) as usize].push(e);
+        split[(series % parts as u64) as usize].push(item);
     }
     (split, duplicates)
 }
@@ -278,6 +292,66 @@ async fn create_tenants(
     .await
     .context("create tenants on first use")?;
     Ok(())
+}
+
+/// A batch the database refused for the data it holds (SQLSTATE class 22, a data exception,
+/// or 23, an integrity constraint violation), not for an outage: retrying the same data fails
+/// the same way, so it must be isolated and dead-lettered, never retried for ever. The
+/// ledger's own unique key is not one: a duplicate is an idempotent replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRefusal {
+    pub sqlstate: String,
+    pub constraint: Option<String>,
+    pub column: Option<String>,
+}
+
+/// The ledger's primary key: a conflict there is a duplicate, never bad data.
+const LEDGER_KEY: &str = "accepted_events_pkey";
+
+impl DataRefusal {
+    /// The refusal an error holds, if the database refused the data; None for anything else
+    /// (an outage, a bug), which is retried.
+    pub fn of(error: &anyhow::Error) -> Option<DataRefusal> {
+        let db = error
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)?;
+        let sqlstate = db.code()?.into_owned();
+        if !(sqlstate.starts_with("22") || sqlstate.starts_with("23")) {
+            return None;
+        }
+        let constraint = db.constraint().map(str::to_owned);
+        if sqlstate == "23505" && constraint.as_deref() == Some(LEDGER_KEY) {
+            return None;
+        }
+        let column = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|e| e.column())
+            .map(str::to_owned);
+        Some(DataRefusal {
+            sqlstate,
+            constraint,
+            column,
+        })
+    }
+}
+
+/// A sentence for a dead letter or a `422`: the SQLSTATE and what it names, nothing more of
+/// the inside.
+impl std::fmt::Display for DataRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the database refused the event data (SQLSTATE {}",
+            self.sqlstate
+        )?;
+        if let Some(constraint) = &self.constraint {
+            write!(f, ", constraint {constraint}")?;
+        }
+        if let Some(column) = &self.column {
+            write!(f, ", column {column}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// Whether a statement was refused by a unique index (SQLSTATE 23505).
