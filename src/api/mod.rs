@@ -40,6 +40,8 @@ pub struct AppState {
     pub drafts: crate::billing::store::DraftCache,
     /// Whether this process runs the consumer (readiness then asks it about the broker).
     pub runs_consumer: bool,
+    /// Set once the database is reachable and migrated; until then `/v1` answers `503`.
+    pub database_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Builds the HTTP server on an already bound listener. `serve_v1` is false for the
@@ -64,8 +66,18 @@ pub fn server(
         if serve_v1 {
             app = app.service(
                 web::scope("/v1")
+                    .wrap(from_fn(require_database))
                     .route("/events", web::post().to(events::ingest))
-                    .route("/api-keys", web::post().to(keys::create))
+                    .service(
+                        web::resource("/api-keys")
+                            .get(keys::list)
+                            .post(keys::create),
+                    )
+                    .service(
+                        web::resource("/api-keys/{id}")
+                            .get(keys::get)
+                            .delete(keys::revoke),
+                    )
                     .route("/tenants/{tenant}/usage", web::get().to(usage::get_usage))
                     .route("/tenants/{tenant}/invoices", web::get().to(invoices::list))
                     .route(
@@ -107,6 +119,23 @@ pub fn server(
     .shutdown_timeout(5)
     .run();
     Ok(server)
+}
+
+/// While the database is awaited at start, `/v1` answers `503` (retry), not a failed query.
+async fn require_database(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let ready = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.database_ready.load(std::sync::atomic::Ordering::Acquire));
+    if !ready {
+        return Err(error::ApiError::unavailable(anyhow::anyhow!(
+            "the database is not reachable yet"
+        ))
+        .into());
+    }
+    next.call(req).await
 }
 
 async fn record_http_metrics(
