@@ -138,17 +138,24 @@ impl Settings {
                 from_env.push((key.to_owned(), name));
             }
         }
+        let config = builder.build().context("cannot read the configuration")?;
+        // The file alone, to tell whether a key came from it or from the defaults.
+        let file_only = match file {
+            Some(path) => Some(Config::builder().add_source(File::from(path)).build()?),
+            None => None,
+        };
         let origin = |key: &str| -> String {
-            match from_env.iter().rev().find(|(k, _)| k == key) {
-                Some((_, name)) => format!("{key} (set by {name})"),
-                None => match file {
-                    Some(path) => format!("{key} (in {} or the defaults)", path.display()),
-                    None => key.to_owned(),
-                },
+            if let Some((_, name)) = from_env.iter().rev().find(|(k, _)| k == key) {
+                return format!("{key} (set by {name})");
+            }
+            match (file, &file_only) {
+                (Some(path), Some(only)) if only.get::<config::Value>(key).is_ok() => {
+                    format!("{key} (in {})", path.display())
+                }
+                _ => key.to_owned(),
             }
         };
-        let config = builder.build().context("cannot read the configuration")?;
-        check_numbers(&config, &origin)?;
+        check_values(&config, &origin)?;
         let settings: Settings = config.try_deserialize().map_err(|e| explain(e, &origin))?;
         settings.check(&origin)?;
         Ok(settings)
@@ -208,7 +215,21 @@ const NUMBERS: &[(&str, i128, i128)] = &[
     ("runtime.worker_threads", 1, 1024),
 ];
 
-fn check_numbers(config: &config::Config, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+/// The keys that take one of a few words.
+const CHOICES: &[(&str, &[&str])] = &[("log.format", &["pretty", "json"])];
+
+fn check_values(config: &config::Config, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+    for &(key, words) in CHOICES {
+        if let Ok(value) = config.get::<config::Value>(key) {
+            let shown = value.to_string();
+            anyhow::ensure!(
+                words.contains(&shown.as_str()),
+                "{}: must be {} (got {shown:?})",
+                origin(key),
+                words.join(" or ")
+            );
+        }
+    }
     for &(key, min, max) in NUMBERS {
         let Ok(value) = config.get::<config::Value>(key) else {
             continue; // absent: optional, or reported as missing when typed
@@ -251,7 +272,7 @@ fn explain(error: config::ConfigError, origin: &dyn Fn(&str) -> String) -> anyho
             None => field.to_owned(),
         };
         let hint = hint.trim_start_matches(", ");
-        return anyhow::anyhow!("unknown configuration key {} ({hint})", origin(&full));
+        return anyhow::anyhow!("unknown configuration key {}; {hint}", origin(&full));
     }
     match key {
         Some(key) => anyhow::anyhow!(
