@@ -271,3 +271,51 @@ async fn the_api_role_is_ready_without_a_broker() {
     assert_eq!(exit.code(), Some(0));
     common::cleanup(&settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_logged_once_with_its_address() {
+    let settings = test_settings();
+    let port = closed_port();
+    let mut server = Server::start(
+        "consumer",
+        &[
+            ("DATABASE_URL", settings.database.url.clone()),
+            (
+                "AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ),
+        ],
+    );
+    let base = server.base_url().await;
+    let deadline = Instant::now() + DEADLINE;
+    while server.lines_with("meterd started").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, body) = status(&format!("{base}/readyz")).await;
+    assert_eq!(code, 503, "{body}");
+    // Reconnection is tried at 100 ms, 200 ms, 400 ms, … but the problem is logged once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let warnings = server.lines_with("reconnecting until it answers");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!("127.0.0.1:{port}")),
+        "{warnings:?}"
+    );
+    let pid = server.child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .expect("meterd stops")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    common::cleanup(&settings).await;
+}
