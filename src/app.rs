@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::web;
@@ -57,8 +58,9 @@ impl RunningApp {
     }
 }
 
-/// Migrates the database (retrying while it is unreachable), binds the HTTP address and
-/// starts the tasks of `role`.
+/// Binds the HTTP address and serves health, readiness and metrics at once, then migrates the
+/// database (retrying while it is unreachable) and starts the tasks of `role`. Returns once
+/// they run, or once `shutdown` is cancelled while waiting (only the stopping server then).
 pub async fn start(
     settings: Settings,
     role: ServeRole,
@@ -69,7 +71,9 @@ pub async fn start(
             "!!! auth.admin_key is the development key {DEV_ADMIN_KEY:?}: anyone can administer this meterd. Set METERD__AUTH__ADMIN_KEY !!!"
         );
     }
-    let pool = migrate_with_retry(&settings, &shutdown).await?;
+    // The pool connects lazily: the server listens first, so health, readiness (503) and
+    // metrics answer while the database is still being waited for.
+    let pool = crate::db::pool(&settings.database)?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(MeterStore::new(
         pool.clone(),
@@ -89,8 +93,9 @@ pub async fn start(
         store: store.clone(),
         metrics: metrics.clone(),
         runs_consumer,
+        database_ready: AtomicBool::new(false),
     });
-    let server = api::server(listener, state, role != ServeRole::Consumer)?;
+    let server = api::server(listener, state.clone(), role != ServeRole::Consumer)?;
     let handle = server.handle();
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -102,6 +107,19 @@ pub async fn start(
         stop_http.cancelled().await;
         handle.stop(true).await;
     }));
+    tracing::info!(%addr, ?role, "listening; waiting for the database");
+    let running = |tasks| RunningApp {
+        addr,
+        metrics: metrics.clone(),
+        pool: pool.clone(),
+        shutdown: shutdown.clone(),
+        tasks,
+    };
+    if !migrate_with_retry(&settings, &pool, &shutdown).await {
+        // Stopped while waiting: only the HTTP server is running, and it is stopping.
+        return Ok(running(tasks));
+    }
+    state.database_ready.store(true, Ordering::Release);
     if role != ServeRole::Consumer && settings.billing.auto_finalize {
         let (pool, config, metrics) = (
             pool.clone(),
@@ -154,30 +172,45 @@ pub async fn start(
         )));
     }
     tracing::info!(%addr, ?role, "meterd started");
-    Ok(RunningApp {
-        addr,
-        metrics,
-        pool,
-        shutdown,
-        tasks,
-    })
+    Ok(running(tasks))
 }
 
+/// Creates and migrates the database, retrying while it is unreachable; false if shut down
+/// first. A problem is logged when it starts or changes, not at every attempt.
 async fn migrate_with_retry(
     settings: &Settings,
+    pool: &sqlx::PgPool,
     shutdown: &CancellationToken,
-) -> anyhow::Result<sqlx::PgPool> {
+) -> bool {
+    let address = crate::db::address(&settings.database.url);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut problem: Option<String> = None;
     loop {
-        match crate::db::migrate(&settings.database).await {
-            Ok(pool) => return Ok(pool),
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            attempt = crate::db::migrate_pool(&settings.database, pool) => attempt,
+        };
+        match attempt {
+            Ok(()) => {
+                if problem.is_some() {
+                    tracing::info!("the database at {address} answers; schema up to date");
+                }
+                return true;
+            }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "database not ready; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(e),
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                let now = format!("{e:#}");
+                if problem.as_deref() != Some(now.as_str()) {
+                    tracing::warn!(
+                        error = %now,
+                        "cannot use the database at {address}; retrying until it answers"
+                    );
+                    problem = Some(now);
                 }
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }

@@ -16,6 +16,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub const DEV_ADMIN_KEY: &str = "dev-admin-key-change-me";
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -28,6 +29,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Threads of the runtime that runs the consumer and the periodic tasks (HTTP requests
     /// are served by actix's own worker threads).
@@ -35,12 +37,14 @@ pub struct RuntimeSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
     pub exchange: String,
@@ -65,16 +69,19 @@ pub struct AmqpSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub admin_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BillingSettings {
     pub grace_period_secs: u64,
     pub default_plan: String,
@@ -86,6 +93,7 @@ pub struct BillingSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
 }
@@ -105,7 +113,9 @@ impl Settings {
     }
 
     /// Loads the settings from an explicit environment, so tests need not touch the
-    /// process-wide one.
+    /// process-wide one. Every problem names the key at fault and where it was set: an
+    /// unknown key (a typo would otherwise be silently ignored), a number out of range, a URL
+    /// that does not parse.
     pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Settings> {
         use config::{Config, File, FileFormat};
         let mut builder =
@@ -113,23 +123,164 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).required(true));
         }
+        // Which variable set each key, to name it in errors.
+        let mut from_env: Vec<(String, &str)> = Vec::new();
         for (name, value) in env {
             if let Some(key) = name.strip_prefix("METERD__") {
                 let key = key.to_ascii_lowercase().replace("__", ".");
-                builder = builder.set_override(key, value.as_str())?;
+                builder = builder.set_override(key.as_str(), value.as_str())?;
+                from_env.push((key, name.as_str()));
             }
         }
         for (name, key) in [("DATABASE_URL", "database.url"), ("AMQP_URL", "amqp.url")] {
             if let Some((_, value)) = env.iter().find(|(n, _)| n == name) {
                 builder = builder.set_override(key, value.as_str())?;
+                from_env.push((key.to_owned(), name));
             }
         }
-        let settings: Settings = builder
-            .build()?
-            .try_deserialize()
-            .context("invalid configuration")?;
-        settings.metering.validate()?;
+        let config = builder.build().context("cannot read the configuration")?;
+        // The file alone, to tell whether a key came from it or from the defaults.
+        let file_only = match file {
+            Some(path) => Some(Config::builder().add_source(File::from(path)).build()?),
+            None => None,
+        };
+        let origin = |key: &str| -> String {
+            if let Some((_, name)) = from_env.iter().rev().find(|(k, _)| k == key) {
+                return format!("{key} (set by {name})");
+            }
+            match (file, &file_only) {
+                (Some(path), Some(only)) if only.get::<config::Value>(key).is_ok() => {
+                    format!("{key} (in {})", path.display())
+                }
+                _ => key.to_owned(),
+            }
+        };
+        check_values(&config, &origin)?;
+        let settings: Settings = config.try_deserialize().map_err(|e| explain(e, &origin))?;
+        settings.check(&origin)?;
         Ok(settings)
+    }
+
+    /// What cannot be said by a type: URLs parse, addresses have a port.
+    fn check(&self, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+        crate::db::connect_options(&self.database.url).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: not a PostgreSQL URL (expected postgres://user@host:port/database, got {:?})",
+                origin("database.url"),
+                self.database.url
+            )
+        })?;
+        self.amqp.url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not an AMQP URL (expected amqp://user:password@host:port/vhost): {e}",
+                origin("amqp.url")
+            )
+        })?;
+        let has_port = self
+            .http
+            .addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        anyhow::ensure!(
+            has_port,
+            "{}: must be host:port, e.g. 127.0.0.1:8080 (got {:?})",
+            origin("http.addr"),
+            self.http.addr
+        );
+        self.metering
+            .validate()
+            .with_context(|| "invalid configuration".to_owned())
+    }
+}
+
+/// The numeric keys and the whole numbers each allows, checked before the settings are
+/// typed so that a bad value is reported as what is allowed rather than as a type error.
+const NUMBERS: &[(&str, i128, i128)] = &[
+    ("database.max_connections", 1, 10_000),
+    ("amqp.prefetch", 1, u16::MAX as i128),
+    ("amqp.max_events_in_flight", 1, u32::MAX as i128),
+    ("amqp.batch_max_events", 1, u32::MAX as i128),
+    ("amqp.batch_max_messages", 1, u32::MAX as i128),
+    ("amqp.batch_linger_ms", 0, 3_600_000),
+    ("amqp.writers", 1, 1024),
+    ("amqp.queue_expires_ms", 1, u32::MAX as i128),
+    ("metering.duration_granularity_ms", 1, 3_600_000),
+    ("metering.min_duration_ms", 0, 365 * 24 * 3_600_000),
+    ("metering.memory_granularity_mb", 1, 1 << 20),
+    ("metering.min_memory_mb", 0, 1 << 20),
+    ("metering.max_duration_ms", 1, 365 * 24 * 3_600_000),
+    ("metering.max_event_age_days", 1, 3650),
+    ("billing.grace_period_secs", 0, 366 * 24 * 3600),
+    ("billing.finalize_interval_secs", 1, 24 * 3600),
+    ("runtime.worker_threads", 1, 1024),
+];
+
+/// The keys that take one of a few words.
+const CHOICES: &[(&str, &[&str])] = &[("log.format", &["pretty", "json"])];
+
+fn check_values(config: &config::Config, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+    for &(key, words) in CHOICES {
+        if let Ok(value) = config.get::<config::Value>(key) {
+            let shown = value.to_string();
+            anyhow::ensure!(
+                words.contains(&shown.as_str()),
+                "{}: must be {} (got {shown:?})",
+                origin(key),
+                words.join(" or ")
+            );
+        }
+    }
+    for &(key, min, max) in NUMBERS {
+        let Ok(value) = config.get::<config::Value>(key) else {
+            continue; // absent: optional, or reported as missing when typed
+        };
+        let shown = value.to_string();
+        let number = shown.trim().parse::<i128>().ok();
+        if !number.is_some_and(|n| (min..=max).contains(&n)) {
+            anyhow::bail!(
+                "{}: must be a whole number from {min} to {max} (got {shown:?})",
+                origin(key)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Turns a typing error into one sentence naming the key (and where it was set).
+fn explain(error: config::ConfigError, origin: &dyn Fn(&str) -> String) -> anyhow::Error {
+    use config::ConfigError;
+    let (key, inner) = match error {
+        ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => (Some(key), error.to_string()),
+        ConfigError::Type {
+            key: Some(ref key), ..
+        } => (Some(key.clone()), error.to_string()),
+        ConfigError::NotFound(key) => {
+            return anyhow::anyhow!("missing configuration key {key}");
+        }
+        other => (None, other.to_string()),
+    };
+    // serde: "unknown field `adrr`, expected `addr`" (or "expected one of …").
+    if let Some(rest) = inner.strip_prefix("unknown field `")
+        && let Some((field, hint)) = rest.split_once('`')
+    {
+        let full = match &key {
+            Some(section) => format!("{section}.{field}"),
+            None => field.to_owned(),
+        };
+        let hint = hint.trim_start_matches(", ");
+        return anyhow::anyhow!("unknown configuration key {}; {hint}", origin(&full));
+    }
+    match key {
+        Some(key) => anyhow::anyhow!(
+            "{}: {}",
+            origin(&key),
+            inner.split(" for key `").next().unwrap_or(&inner)
+        ),
+        None => anyhow::anyhow!("invalid configuration: {inner}"),
     }
 }
 
@@ -208,5 +359,48 @@ mod tests {
             format!("{err:#}").contains("runtime.worker_threads"),
             "{err:#}"
         );
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        format!("{:#}", Settings::load_from(None, &env(pairs)).unwrap_err())
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_variable_that_set_it() {
+        let err = refused(&[("METERD__HTTP__ADRR", "0.0.0.0:1")]);
+        assert!(
+            err.contains("http.adrr") && err.contains("METERD__HTTP__ADRR"),
+            "{err}"
+        );
+        let err = refused(&[("METERD__HTTPS__ADDR", "0.0.0.0:1")]);
+        assert!(err.contains("https"), "{err}");
+    }
+
+    #[test]
+    fn a_number_out_of_range_says_what_is_allowed() {
+        for value in ["0", "-1", "x", "2.5"] {
+            let err = refused(&[("METERD__METERING__MAX_EVENT_AGE_DAYS", value)]);
+            assert!(
+                err.contains("metering.max_event_age_days")
+                    && err.contains("must be a whole number from 1 to 3650"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_must_parse() {
+        let err = refused(&[("DATABASE_URL", "notaurl")]);
+        assert!(
+            err.contains("DATABASE_URL") && err.contains("not a PostgreSQL URL"),
+            "{err}"
+        );
+        let err = refused(&[("METERD__AMQP__URL", "notaurl")]);
+        assert!(
+            err.contains("amqp.url") && err.contains("not an AMQP URL"),
+            "{err}"
+        );
+        let err = refused(&[("METERD__LOG__FORMAT", "yaml")]);
+        assert!(err.contains("log.format"), "{err}");
     }
 }

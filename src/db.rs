@@ -56,11 +56,25 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 /// Creates the database if needed, brings its schema up to date and seeds the `default` plan
 /// (unless a plan with that id was stored before).
 pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
-    create_database_if_missing(&settings.url).await?;
     let pool = pool(settings)?;
-    MIGRATOR.run(&pool).await.context("run migrations")?;
-    crate::billing::plans::seed_default_plan(&pool)
+    migrate_pool(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// [`migrate`] on a pool made before the database was reachable.
+pub async fn migrate_pool(settings: &DatabaseSettings, pool: &PgPool) -> anyhow::Result<()> {
+    create_database_if_missing(&settings.url).await?;
+    MIGRATOR.run(pool).await.context("run migrations")?;
+    crate::billing::plans::seed_default_plan(pool)
         .await
         .context("seed the default plan")?;
-    Ok(pool)
+    Ok(())
+}
+
+/// `host:port` of the database, for messages (never the password).
+pub fn address(url: &str) -> String {
+    match connect_options(url) {
+        Ok(o) => format!("{}:{}", o.get_host(), o.get_port()),
+        Err(_) => "(an invalid database.url)".to_owned(),
+    }
 }

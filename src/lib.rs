@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod export;
 pub mod ingest;
+pub mod keys;
 pub mod loadgen;
 pub mod metering;
 pub mod metrics;

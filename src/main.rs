@@ -89,6 +89,13 @@ enum Command {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// Issue, list and revoke API keys (finance, ingest, tenant), straight in the database.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Print a shell completion script: `meterd completions bash > /etc/bash_completion.d/meterd`.
     Completions {
         #[arg(value_enum)]
@@ -105,10 +112,38 @@ impl Command {
             | Command::Finalize { config, .. }
             | Command::Loadgen { config, .. }
             | Command::Bench { config, .. }
-            | Command::DeadLetters { config, .. } => config.config.as_deref(),
+            | Command::DeadLetters { config, .. }
+            | Command::Keys { config, .. } => config.config.as_deref(),
             Command::Price { .. } | Command::Openapi | Command::Completions { .. } => None,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue a key and print it as JSON: the `key` is shown only this once.
+    Issue {
+        /// finance, ingest or tenant.
+        #[arg(long)]
+        role: String,
+        /// The tenant of a tenant key.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// When the key stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z); never if absent.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List every issued key, oldest first (never the key itself).
+    List {
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: every meterd process refuses it from its next request on.
+    Revoke {
+        /// The key's id (from `issue` or `list`).
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +268,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             print_out(report)?;
             Ok(())
         }
+        Command::Keys { command, .. } => keys(&settings, command).await,
         Command::DeadLetters {
             command: DeadLettersCommand::List { limit, json },
             ..
@@ -260,6 +296,77 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
+    use meterd::keys::{self, KeySpec};
+    let pool = meterd::db::migrate(&settings.database).await?;
+    match command {
+        KeysCommand::Issue {
+            role,
+            tenant,
+            expires_at,
+        } => {
+            let spec = KeySpec::parse(
+                &role,
+                tenant.as_deref(),
+                expires_at.as_deref(),
+                chrono::Utc::now(),
+            )?;
+            let store = meterd::metering::MeterStore::new(
+                pool.clone(),
+                settings.metering.clone(),
+                settings.billing.default_plan.clone(),
+            );
+            let issued = keys::issue(&store, &pool, spec).await?;
+            print_out(serde_json::to_string(&issued)?)?;
+        }
+        KeysCommand::List { json } => {
+            let mut after = None;
+            let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                })
+            };
+            if !json {
+                print_out("id\trole\ttenant\tcreated_at\texpires_at\tlast_used_at\tstatus")?;
+            }
+            loop {
+                let (page, next) = keys::list(&pool, after, 1000).await?;
+                for key in &page {
+                    if json {
+                        print_out(serde_json::to_string(key)?)?;
+                    } else {
+                        let status = if key.revoked {
+                            "revoked"
+                        } else if key.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+                            "expired"
+                        } else {
+                            "active"
+                        };
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{status}",
+                            key.id,
+                            key.role,
+                            key.tenant.as_deref().unwrap_or("-"),
+                            show(Some(key.created_at)),
+                            show(key.expires_at),
+                            show(key.last_used_at),
+                        );
+                    }
+                }
+                match next {
+                    Some(cursor) => after = Some(cursor),
+                    None => break,
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            anyhow::ensure!(keys::revoke(&pool, id).await?, "no API key {id}");
+            print_out(format!("revoked {id}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn price(plan: &std::path::Path, usage: &std::path::Path) -> anyhow::Result<()> {

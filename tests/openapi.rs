@@ -22,6 +22,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("post", "/v1/events"),
     ("post", "/v1/api-keys"),
+    ("get", "/v1/api-keys"),
+    ("get", "/v1/api-keys/{id}"),
+    ("delete", "/v1/api-keys/{id}"),
     ("get", "/v1/tenants/{tenant}/usage"),
     ("get", "/v1/tenants/{tenant}/invoices"),
     ("get", "/v1/tenants/{tenant}/invoices/upcoming"),
@@ -259,6 +262,22 @@ async fn responses_match_the_documented_schemas() {
         (201, "POST", "/v1/api-keys", admin, Some(&finance_key)),
         (422, "POST", "/v1/api-keys", admin, Some(&admin_role)),
         (401, "POST", "/v1/api-keys", None, Some(&finance_key)),
+        (200, "GET", "/v1/api-keys?limit=1", admin, None),
+        (400, "GET", "/v1/api-keys?cursor=x", admin, None),
+        (
+            404,
+            "GET",
+            "/v1/api-keys/00000000-0000-0000-0000-000000000000",
+            admin,
+            None,
+        ),
+        (
+            404,
+            "DELETE",
+            "/v1/api-keys/00000000-0000-0000-0000-000000000000",
+            admin,
+            None,
+        ),
     ] {
         let body = api.expect(status, method, path, key, body).await;
         issued.extend(body["key"].as_str().map(str::to_owned));

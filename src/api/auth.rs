@@ -8,6 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::{AppState, error::ApiError};
+use crate::keys::{self, KeyCheck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -111,14 +112,35 @@ impl FromRequest for Caller {
                     tenant: None,
                 });
             }
-            let row: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT role, tenant FROM api_keys WHERE key_hash = $1")
-                    .bind(&hash)
-                    .fetch_optional(&state.pool)
-                    .await?;
-            let (role, tenant) = row.ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+            let (id, role, tenant, record_use) = match keys::check(&state.pool, &hash).await? {
+                KeyCheck::Valid {
+                    id,
+                    role,
+                    tenant,
+                    record_use,
+                } => (id, role, tenant, record_use),
+                KeyCheck::Unknown => return Err(ApiError::unauthorized("unknown API key")),
+                KeyCheck::Revoked => {
+                    return Err(ApiError::unauthorized("this API key was revoked"));
+                }
+                KeyCheck::Expired(at) => {
+                    return Err(ApiError::unauthorized(format!(
+                        "this API key expired at {}",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )));
+                }
+            };
             let role = Role::parse(&role)
                 .ok_or_else(|| anyhow::anyhow!("api_keys holds an unknown role {role:?}"))?;
+            if record_use {
+                // Off the request path: a slow or failed write never delays or fails a request.
+                let pool = state.pool.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = keys::record_use(&pool, id).await {
+                        tracing::debug!(error = %e, "could not record an API key's last use");
+                    }
+                });
+            }
             Ok(Caller { role, tenant })
         })
     }

@@ -1,3 +1,4 @@
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, http::StatusCode, web};
@@ -33,7 +34,8 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness
 ///
-/// Ready when the database answers and the broker is reachable.
+/// Ready when the database is reachable and migrated and, in a process that consumes, the
+/// broker session is up. A process serving only the API does not depend on the broker.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -41,45 +43,35 @@ pub async fn healthz() -> HttpResponse {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = Status),
-        (status = 503, description = "The database or the broker is unreachable (`not_ready`)",
-            body = ErrorEnvelope),
+        (status = 503, description = "Waiting for the database, or the consumer's broker \
+            (`not_ready`)", body = ErrorEnvelope),
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let database = tokio::time::timeout(
+    let not_ready = |message: String| -> Result<HttpResponse, ApiError> {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            message,
+        ))
+    };
+    let database = crate::db::address(&state.settings.database.url);
+    if !state.database_ready.load(Ordering::Acquire) {
+        return not_ready(format!("waiting for the database at {database}"));
+    }
+    let reachable = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&state.pool),
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let broker = if state.runs_consumer {
-        state.metrics.consumer_connected.get() == 1
-    } else {
-        broker_reachable(&state.settings.amqp.url).await
-    };
-    match (database, broker) {
-        (true, true) => Ok(HttpResponse::Ok().json(Status { status: "ready" })),
-        (db, _) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            if db {
-                "the broker is unreachable"
-            } else {
-                "the database is unreachable"
-            },
-        )),
+    if !reachable {
+        return not_ready(format!("the database at {database} is unreachable"));
     }
-}
-
-/// A TCP connect to the broker's address (for processes that do not consume).
-async fn broker_reachable(url: &str) -> bool {
-    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
-        return false;
-    };
-    let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    if state.runs_consumer && state.metrics.consumer_connected.get() != 1 {
+        return not_ready("the consumer is not connected to the broker".to_owned());
+    }
+    Ok(HttpResponse::Ok().json(Status { status: "ready" }))
 }
 
 /// Prometheus metrics

@@ -1,7 +1,9 @@
-//! `POST /v1/api-keys`: issues finance, ingest and tenant keys (admin keys come from config).
+//! `/v1/api-keys`: issues, lists and revokes finance, ingest and tenant keys (admin keys come
+//! from config). The lifecycle itself lives in `crate::keys`, shared with `meterd keys`.
 
 use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
@@ -9,10 +11,12 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::{
     AppState,
-    auth::{Caller, Role, generate_key, hash_key},
+    auth::{Caller, Role},
     error::{ApiError, ErrorEnvelope, JsonBody, KeyedErrors},
+    plans::ListParams,
+    usage::Page,
 };
-use crate::metering::TenantId;
+use crate::keys::{self, KeyCursor, KeySpec};
 
 /// A key to issue. Its schema is written by hand: only a tenant key names a tenant, and it
 /// must, which the derive cannot say.
@@ -22,6 +26,9 @@ pub struct NewKey {
     /// The tenant a `tenant` key reads; only tenant keys name one.
     #[serde(default)]
     tenant: Option<String>,
+    /// When the key stops working (RFC 3339 with an offset, in the future); never if absent.
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 impl PartialSchema for NewKey {
@@ -65,6 +72,18 @@ impl PartialSchema for NewKey {
             )
             .required("role")
             .required("tenant");
+        let expires_at = || {
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                )))
+                .description(Some(
+                    "When the key stops working (RFC 3339, in the future); never if absent or null.",
+                ))
+        };
+        let others = others.property("expires_at", expires_at());
+        let tenant = tenant.property("expires_at", expires_at());
         OneOfBuilder::new()
             .description(Some(
                 "A key to issue: `tenant` keys name their tenant, other roles name none.",
@@ -94,20 +113,54 @@ pub enum IssuableRole {
 }
 
 /// An issued key. `key` is shown only here: the service stores its hash.
-#[derive(Serialize, ToSchema)]
-pub struct IssuedKey<'a> {
+#[derive(ToSchema)]
+#[schema(as = IssuedKey)]
+#[allow(dead_code)] // schema only: the JSON is `keys::IssuedKey`
+pub struct IssuedKeySchema {
     id: uuid::Uuid,
     /// The secret to send as `Authorization: Bearer <key>`.
-    key: &'a str,
+    key: String,
     #[schema(value_type = IssuableRole)]
-    role: &'static str,
-    tenant: Option<&'a str>,
+    role: String,
+    tenant: Option<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// What is known of an issued key; never the key itself nor its hash.
+#[derive(ToSchema)]
+#[schema(as = ApiKey)]
+#[allow(dead_code)] // schema only: the JSON is `keys::KeyInfo`
+pub struct KeyInfoSchema {
+    id: uuid::Uuid,
+    #[schema(value_type = IssuableRole)]
+    role: String,
+    /// The tenant of a `tenant` key.
+    tenant: Option<String>,
+    created_at: DateTime<Utc>,
+    /// When the key stops working; null: never.
+    expires_at: Option<DateTime<Utc>>,
+    /// When the key was last used, to within a minute; null: never used.
+    last_used_at: Option<DateTime<Utc>>,
+    /// A revoked key is refused; its record stays.
+    revoked: bool,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A page of issued keys, oldest first.
+#[derive(ToSchema)]
+#[schema(as = ApiKeyList)]
+#[allow(dead_code)] // schema only
+pub struct KeyListSchema {
+    data: Vec<KeyInfoSchema>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Issue an API key
 ///
 /// Issues a `finance`, `ingest` or `tenant` key (a tenant key names its tenant, which is created
-/// if new). Role `admin`.
+/// if new), optionally expiring at `expires_at`. Role `admin`.
 #[utoipa::path(
     post,
     path = "/v1/api-keys",
@@ -116,14 +169,14 @@ pub struct IssuedKey<'a> {
     security(("bearer" = [])),
     request_body = NewKey,
     responses(
-        (status = 201, description = "The key, shown once", body = IssuedKey),
+        (status = 201, description = "The key, shown once", body = IssuedKeySchema),
         (status = 400, description = "The body is not JSON (`invalid_body`)",
             body = ErrorEnvelope),
         (status = 413, description = "The body is over 1 MiB (`too_large`)", body = ErrorEnvelope),
         (status = 422, description = "The body is not an object of this shape, an unknown or \
-            admin role, or a tenant missing, invalid or not allowed for the role \
-            (`invalid_value`, `missing_field`); the message names the field",
-            body = ErrorEnvelope),
+            admin role, a tenant missing, invalid or not allowed for the role, or an \
+            `expires_at` that is malformed or not in the future (`invalid_value`, \
+            `missing_field`); the message names the field", body = ErrorEnvelope),
         KeyedErrors,
     )
 )]
@@ -133,63 +186,116 @@ pub async fn create(
     JsonBody(body): JsonBody<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
-    let role = match Role::parse(&body.role) {
-        Some(role @ (Role::Finance | Role::Ingest | Role::Tenant)) => role,
-        Some(Role::Admin) => {
-            return Err(ApiError::unprocessable(
-                "invalid_value",
-                "role: admin keys come from configuration (auth.admin_key), not from this endpoint",
-            ));
-        }
-        None => {
-            return Err(ApiError::unprocessable(
-                "invalid_value",
-                format!(
-                    "role: must be finance, ingest or tenant (got {:?})",
-                    body.role
-                ),
-            ));
-        }
+    let spec = KeySpec::parse(
+        &body.role,
+        body.tenant.as_deref(),
+        body.expires_at.as_deref(),
+        Utc::now(),
+    )
+    .map_err(|e| ApiError::unprocessable(e.code, e.message))?;
+    let issued = keys::issue(&state.store, &state.pool, spec).await?;
+    Ok(HttpResponse::Created().json(issued))
+}
+
+/// List API keys
+///
+/// Every issued key, revoked and expired ones included, oldest first; never the key itself.
+/// Role `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "list_api_keys",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of keys", body = KeyListSchema),
+        (status = 400, description = "`limit` or `cursor` is malformed (`invalid_parameter`)",
+            body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
+pub async fn list(
+    caller: Caller,
+    state: web::Data<AppState>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let limit = Page::parse(params.limit.as_deref(), None)?.limit;
+    let after = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(KeyCursor::decode(c).ok_or_else(|| {
+            ApiError::bad_parameter("cursor", "is not a cursor this API returned")
+        })?),
     };
-    let tenant = match (role, body.tenant.as_deref()) {
-        (Role::Tenant, Some(t)) => Some(
-            TenantId::parse(t)
-                .map_err(|p| ApiError::unprocessable("invalid_value", format!("tenant: {p}")))?,
-        ),
-        (Role::Tenant, None) => {
-            return Err(ApiError::unprocessable(
-                "missing_field",
-                "tenant: a tenant key must name its tenant",
-            ));
-        }
-        (_, Some(_)) => {
-            return Err(ApiError::unprocessable(
-                "invalid_value",
-                "tenant: only tenant keys name a tenant",
-            ));
-        }
-        (_, None) => None,
-    };
-    if let Some(tenant) = &tenant {
-        // A key may be issued before the tenant's first usage: create it as usage would.
-        state
-            .store
-            .ensure_tenants(&[tenant.as_str().to_owned()])
-            .await?;
+    let (rows, next) = keys::list(&state.pool, after, limit).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "data": rows,
+        "next_cursor": next.map(|c| c.encode()),
+    })))
+}
+
+/// Get an API key
+///
+/// What is known of one issued key; never the key itself. Role `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    operation_id = "get_api_key",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key", body = KeyInfoSchema),
+        (status = 404, description = "No such key (`not_found`)", body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
+pub async fn get(
+    caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = key_id(&id)?;
+    let key = keys::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no API key {id}")))?;
+    Ok(HttpResponse::Ok().json(key))
+}
+
+/// Revoke an API key
+///
+/// Every meterd process refuses the key from its next request on (`401`). The key's record
+/// stays, marked revoked. Revoking a revoked key again is `204` too. Role `admin`.
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    operation_id = "revoke_api_key",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked (or already revoked)"),
+        (status = 404, description = "No such key (`not_found`)", body = ErrorEnvelope),
+        KeyedErrors,
+    )
+)]
+pub async fn revoke(
+    caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = key_id(&id)?;
+    if keys::revoke(&state.pool, id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found(format!("no API key {id}")))
     }
-    let id = uuid::Uuid::new_v4();
-    let key = generate_key();
-    sqlx::query("INSERT INTO api_keys (id, key_hash, role, tenant) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(hash_key(&key))
-        .bind(role.as_str())
-        .bind(tenant.as_ref().map(TenantId::as_str))
-        .execute(&state.pool)
-        .await?;
-    Ok(HttpResponse::Created().json(IssuedKey {
-        id,
-        key: &key,
-        role: role.as_str(),
-        tenant: tenant.as_ref().map(TenantId::as_str),
-    }))
+}
+
+/// A key id from the path: anything that is not a UUID names no key.
+fn key_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(raw).map_err(|_| ApiError::not_found("no such API key"))
 }

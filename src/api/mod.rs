@@ -42,6 +42,8 @@ pub struct AppState {
     pub drafts: crate::billing::store::DraftCache,
     /// Whether this process runs the consumer (readiness then asks it about the broker).
     pub runs_consumer: bool,
+    /// Set once the database is reachable and migrated; until then `/v1` answers `503`.
+    pub database_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Builds the HTTP server on an already bound listener. `serve_v1` is false for the
@@ -71,8 +73,18 @@ pub fn server(
         if serve_v1 {
             app = app.service(
                 web::scope("/v1")
+                    .wrap(from_fn(require_database))
                     .service(resource("/events", "POST").post(events::ingest))
-                    .service(resource("/api-keys", "POST").post(keys::create))
+                    .service(
+                        resource("/api-keys", "GET, POST")
+                            .get(keys::list)
+                            .post(keys::create),
+                    )
+                    .service(
+                        resource("/api-keys/{id}", "GET, DELETE")
+                            .get(keys::get)
+                            .delete(keys::revoke),
+                    )
                     .service(resource("/tenants/{tenant}/usage", "GET").get(usage::get_usage))
                     .service(resource("/tenants/{tenant}/invoices", "GET").get(invoices::list))
                     .service(
@@ -128,6 +140,23 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
         );
         response
     }))
+}
+
+/// While the database is awaited at start, `/v1` answers `503` (retry), not a failed query.
+async fn require_database(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let ready = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.database_ready.load(std::sync::atomic::Ordering::Acquire));
+    if !ready {
+        return Err(error::ApiError::unavailable(anyhow::anyhow!(
+            "the database is not reachable yet"
+        ))
+        .into());
+    }
+    next.call(req).await
 }
 
 async fn record_http_metrics(

@@ -33,6 +33,9 @@ use super::{error, events, exports, health, invoices, keys, plans, tenants, usag
         openapi,
         events::ingest,
         keys::create,
+        keys::list,
+        keys::get,
+        keys::revoke,
         usage::get_usage,
         plans::list_plans,
         plans::get_plan,
@@ -58,7 +61,7 @@ use super::{error, events, exports, health, invoices, keys, plans, tenants, usag
         (name = "health", description = "Liveness, readiness, metrics and this document; \
             served by every role without a key."),
         (name = "events", description = "HTTP ingest of usage events, as over AMQP."),
-        (name = "api-keys", description = "Issuing finance, ingest and tenant keys."),
+        (name = "api-keys", description = "Issuing, listing and revoking finance, ingest and tenant keys."),
         (name = "usage", description = "A tenant's metered usage."),
         (name = "plans", description = "Versioned price plans."),
         (name = "tenants", description = "Tenants and the plans they are on."),

@@ -106,8 +106,17 @@ pub async fn run_consumer(
         metrics,
         shutdown,
     };
+    let broker = consumer
+        .settings
+        .url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+        .unwrap_or_else(|_| "(an invalid amqp.url)".to_owned());
+    // Logged when the session goes down or the problem changes, not at every attempt.
+    let mut problem: Option<String> = None;
     loop {
         let result = consumer.session(&mut backoff).await;
+        let was_connected = consumer.metrics.consumer_connected.get() == 1;
         consumer.metrics.consumer_connected.set(0);
         consumer.metrics.consumer_in_flight.set(0);
         match result {
@@ -116,10 +125,16 @@ pub async fn run_consumer(
                 return;
             }
             Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "broker session ended; reconnecting"
-                );
+                let now = format!("{error:#}");
+                if was_connected || problem.as_deref() != Some(now.as_str()) {
+                    tracing::warn!(
+                        error = %now,
+                        "broker session with {broker} ended or cannot start; reconnecting until it answers"
+                    );
+                    problem = Some(now);
+                } else {
+                    tracing::debug!(error = %now, "broker at {broker} still unreachable");
+                }
                 consumer.metrics.reconnects.inc();
                 if !pause(&mut backoff, &consumer.shutdown).await {
                     return;

@@ -3,6 +3,7 @@ use serde::Deserialize;
 
 /// The platform-wide metering rules (config section `metering`, SPEC §2).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct MeteringRules {
     pub duration_granularity_ms: u64,
     pub min_duration_ms: u64,
