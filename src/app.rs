@@ -115,7 +115,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         tasks,
     };
-    if !migrate_with_retry(&settings, &pool, &shutdown).await {
+    if !migrate_with_retry(&settings, &pool, &shutdown).await? {
         // Stopped while waiting: only the HTTP server is running, and it is stopping.
         return Ok(running(tasks));
     }
@@ -181,13 +181,13 @@ async fn migrate_with_retry(
     settings: &Settings,
     pool: &sqlx::PgPool,
     shutdown: &CancellationToken,
-) -> bool {
+) -> anyhow::Result<bool> {
     let address = crate::db::address(&settings.database.url);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut problem: Option<String> = None;
     loop {
         let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return Ok(false),
             attempt = crate::db::migrate_pool(&settings.database, pool) => attempt,
         };
         match attempt {
@@ -195,7 +195,13 @@ async fn migrate_with_retry(
                 if problem.is_some() {
                     tracing::info!("the database at {address} answers; schema up to date");
                 }
-                return true;
+                return Ok(true);
+            }
+            // Waiting cannot mend a database whose applied migrations differ from this
+            // build's: stop and say so.
+            Err(e) if schema_conflict(&e) => {
+                shutdown.cancel();
+                return Err(e.context("the database's schema does not match this meterd"));
             }
             Err(e) => {
                 let now = format!("{e:#}");
@@ -209,10 +215,28 @@ async fn migrate_with_retry(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return Ok(false),
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// A migration history this build cannot continue (a migration changed or missing, a
+/// failed one left dirty): not an outage to wait out.
+fn schema_conflict(error: &anyhow::Error) -> bool {
+    use sqlx::migrate::MigrateError;
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<MigrateError>(),
+            Some(
+                MigrateError::VersionMismatch(_)
+                    | MigrateError::VersionMissing(_)
+                    | MigrateError::Dirty(_)
+                    | MigrateError::VersionTooOld(..)
+                    | MigrateError::VersionTooNew(..)
+            )
+        )
+    })
 }
 
 /// Runs `job` now and then every `interval` until shutdown; `job` returns how many `what` it

@@ -319,3 +319,37 @@ async fn an_unreachable_broker_is_logged_once_with_its_address() {
     assert_eq!(exit.code(), Some(0));
     common::cleanup(&settings).await;
 }
+
+/// A database whose applied migrations differ from this build's cannot be mended by waiting:
+/// `serve` stops at once with exit code 1, saying so, instead of retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_differently_stops_start_up() {
+    use sqlx::Connection;
+    let settings = test_settings();
+    meterd::db::migrate(&settings.database)
+        .await
+        .expect("migrate");
+    let mut conn = sqlx::PgConnection::connect(&settings.database.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea \
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let mut command = meterd(&["serve", "--role", "api"]);
+    command.env("METERD__HTTP__ADDR", "127.0.0.1:0");
+    command.env("METERD__DATABASE__URL", &settings.database.url);
+    let output = tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .expect("meterd should stop at once, not wait for ever")
+        .expect("run meterd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+    common::cleanup(&settings).await;
+}
