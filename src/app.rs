@@ -89,6 +89,7 @@ pub async fn start(
         store: store.clone(),
         metrics: metrics.clone(),
         runs_consumer,
+        ingest_budget: api::IngestBudget::new(settings.http.ingest_buffer_bytes),
     });
     let server = api::server(listener, state, role != ServeRole::Consumer)?;
     let handle = server.handle();

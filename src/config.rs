@@ -58,15 +58,41 @@ pub struct AmqpSettings {
     /// Batches recorded at once, each on its own database connection (acks stay in order).
     pub writers: usize,
     pub connection_name: String,
+    /// The type of both queues: RabbitMQ's replicated `quorum` queues, or `classic` ones.
+    pub queue_type: QueueType,
+    /// Quorum queues only: deliveries of one message without an ack (the consumer crashed or
+    /// lost its connection each time) before the broker dead-letters it.
+    pub delivery_limit: u32,
     /// Declares the queues with `x-expires` (milliseconds): test and bench queues vanish
     /// by themselves if their owner dies. Unset in production.
     #[serde(default)]
     pub queue_expires_ms: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub addr: String,
+    /// Seconds a client has to send a request body once its headers arrived (`408` after).
+    pub body_read_timeout_secs: u64,
+    /// Most bytes of ingest bodies held in memory at once, over all requests; a body that
+    /// would go beyond it is refused with `503` and `Retry-After` instead of waiting.
+    pub ingest_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -100,6 +100,9 @@ enum BenchCommand {
     Api(bench::api::ApiBenchOptions),
     /// Finance export: streams usage.csv of N seeded rows; rows/s and RSS growth.
     Export(bench::ExportBenchOptions),
+    /// Memory under concurrent large ingest bodies: peak and settled RSS of a child
+    /// `serve`, with the configured ingest budget and with none.
+    Bodies(bench::bodies::BodiesBenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -158,6 +161,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if let Some(summary) = summary {
                 println!("{summary}");
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Bodies(options)) => {
+            let summary =
+                bench::bodies::run(&settings, &options, |report| println!("{report}")).await?;
+            println!("{summary}");
             Ok(())
         }
         Command::Bench(BenchCommand::Export(options)) => {

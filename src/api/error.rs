@@ -20,6 +20,8 @@ pub struct ApiError {
     message: String,
     /// The cause of a 5xx: logged once, never shown.
     cause: Option<anyhow::Error>,
+    /// Seconds for a `Retry-After` header.
+    retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -33,6 +35,15 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             cause: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Asks the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(self, secs: u32) -> Self {
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..self
         }
     }
 
@@ -130,7 +141,13 @@ impl ResponseError for ApiError {
                 "request failed"
             );
         }
-        envelope(self.status, &self.code, &self.message)
+        let mut response = envelope(self.status, &self.code, &self.message);
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

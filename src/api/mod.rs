@@ -25,6 +25,8 @@ use actix_web::{
 };
 use sqlx::PgPool;
 
+pub use events::IngestBudget;
+
 use crate::config::Settings;
 use crate::metering::MeterStore;
 use crate::metrics::Metrics;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub drafts: crate::billing::store::DraftCache,
     /// Whether this process runs the consumer (readiness then asks it about the broker).
     pub runs_consumer: bool,
+    /// Bytes of ingest bodies held at once (`http.ingest_buffer_bytes`).
+    pub ingest_budget: IngestBudget,
 }
 
 /// Builds the HTTP server on an already bound listener. `serve_v1` is false for the

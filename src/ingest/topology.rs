@@ -6,7 +6,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, QueueType};
 
 pub async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<Connection> {
     Connection::connect(
@@ -16,8 +16,11 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<Conne
     .await
 }
 
-/// Declares the usage exchange and queue and the dead-letter exchange and queue.
-pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
+/// Declares the usage exchange and queue and the dead-letter exchange and queue, both
+/// queues of `amqp.queue_type`. A quorum usage queue also dead-letters, by the broker, a
+/// message delivered `amqp.delivery_limit` times without an ack (one that keeps bringing the
+/// consumer down). A queue that exists with another type is an error naming both.
+pub async fn declare(channel: &Channel, s: &AmqpSettings) -> anyhow::Result<()> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -29,6 +32,22 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
     let mut queue_args = FieldTable::default();
     if let Some(ms) = s.queue_expires_ms {
         queue_args.insert("x-expires".into(), AMQPValue::LongUInt(ms));
+    }
+    // A classic queue is declared without the argument, as before it existed, so queues
+    // declared by earlier versions stay equivalent.
+    if s.queue_type == QueueType::Quorum {
+        queue_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
+    let mut usage_args = queue_args.clone();
+    if s.queue_type == QueueType::Quorum {
+        usage_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongUInt(s.delivery_limit),
+        );
+        usage_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(s.dead_letter_exchange.as_str().into()),
+        );
     }
     channel
         .exchange_declare(
@@ -46,13 +65,14 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    for (queue, exchange, key) in [
-        (&s.queue, &s.exchange, "#"),
-        (&s.dead_letter_queue, &s.dead_letter_exchange, ""),
+    for (queue, exchange, key, args) in [
+        (&s.queue, &s.exchange, "#", &usage_args),
+        (&s.dead_letter_queue, &s.dead_letter_exchange, "", &queue_args),
     ] {
         channel
-            .queue_declare(queue.as_str().into(), durable_queue, queue_args.clone())
-            .await?;
+            .queue_declare(queue.as_str().into(), durable_queue, args.clone())
+            .await
+            .map_err(|e| explain_inequivalent(e, queue, s.queue_type))?;
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -64,6 +84,31 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Turns the broker's refusal of a queue declared with another type than it has into an
+/// error naming the queue and both types.
+fn explain_inequivalent(error: lapin::Error, queue: &str, wanted: QueueType) -> anyhow::Error {
+    let text = error.to_string();
+    let existing = text
+        .split_once("current is")
+        .map(|(_, current)| current)
+        .and_then(|current| {
+            ["quorum", "stream", "classic"]
+                .into_iter()
+                .find(|t| current.contains(t))
+        });
+    let existing = match existing {
+        Some(existing) if text.contains("x-queue-type") => existing,
+        // Declared without the argument, the existing queue is a classic one.
+        None if text.contains("x-queue-type") && wanted == QueueType::Quorum => "classic",
+        _ => return anyhow::Error::new(error).context(format!("declare queue {queue}")),
+    };
+    anyhow::anyhow!(
+        "queue {queue} exists as a {existing} queue, but amqp.queue_type is {}: set amqp.queue_type \
+         = \"{existing}\", or move its messages and delete it so meterd can declare it anew ({text})",
+        wanted.as_str()
+    )
 }
 
 /// Properties of a usage message as publishers should send it: JSON, persistent.
