@@ -58,6 +58,9 @@ pub struct AmqpSettings {
     /// Batches recorded at once, each on its own database connection (acks stay in order).
     pub writers: usize,
     pub connection_name: String,
+    /// PEM file of CA certificates trusted for `amqps://`, besides the webpki roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     /// The type of both queues: RabbitMQ's replicated `quorum` queues, or `classic` ones.
     pub queue_type: QueueType,
     /// Quorum queues only: deliveries of one message without an ack (the consumer crashed or

@@ -1,19 +1,46 @@
 //! The exchanges and queues of SPEC §1.3, declared idempotently at start.
 
+use anyhow::Context;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder,
+    ExchangeKind,
     options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable},
 };
 
 use crate::config::{AmqpSettings, QueueType};
 
-pub async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<Connection> {
-    Connection::connect(
-        &settings.url,
-        ConnectionProperties::default().with_connection_name(name.into()),
-    )
-    .await
+/// Connects to the broker: `amqp://` in the clear, `amqps://` over TLS (rustls), whose
+/// server certificate must chain to a webpki root or to a CA of `amqp.tls_ca_file` and name
+/// the URL's host.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+    let mut tls = OwnedTLSConfig::default();
+    if let Some(path) = &settings.tls_ca_file {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("read amqp.tls_ca_file {path}"))?;
+        tls.cert_chain = Some(pem);
+    }
+    let connection = DefaultConnectionBuilder::new()?
+        .with_uri_str(settings.url.clone())
+        .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
+        .with_tls_config(tls)
+        .connect()
+        .await
+        .with_context(|| format!("connect to the broker at {}", redacted(&settings.url)))?;
+    Ok(connection)
+}
+
+/// The URL without its password, for error messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let (userinfo, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Declares the usage exchange and queue and the dead-letter exchange and queue, both
@@ -36,7 +63,10 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> anyhow::Result<()> 
     // A classic queue is declared without the argument, as before it existed, so queues
     // declared by earlier versions stay equivalent.
     if s.queue_type == QueueType::Quorum {
-        queue_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        queue_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
     }
     let mut usage_args = queue_args.clone();
     if s.queue_type == QueueType::Quorum {
@@ -67,7 +97,12 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> anyhow::Result<()> 
         .await?;
     for (queue, exchange, key, args) in [
         (&s.queue, &s.exchange, "#", &usage_args),
-        (&s.dead_letter_queue, &s.dead_letter_exchange, "", &queue_args),
+        (
+            &s.dead_letter_queue,
+            &s.dead_letter_exchange,
+            "",
+            &queue_args,
+        ),
     ] {
         channel
             .queue_declare(queue.as_str().into(), durable_queue, args.clone())
