@@ -354,21 +354,30 @@ async fn a_quorum_queue_dead_letters_a_message_past_its_delivery_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_of_another_type_is_an_error_naming_the_queue_and_both_types() {
-    let settings = test_settings();
-    let channel = app_channel(&settings.amqp).await;
-    meterd::ingest::topology::declare(&channel, &settings.amqp)
-        .await
-        .unwrap();
-    let mut quorum = settings.clone();
-    quorum.amqp.queue_type = QueueType::Quorum;
-    let channel = app_channel(&settings.amqp).await;
-    let err = meterd::ingest::topology::declare(&channel, &quorum.amqp)
-        .await
-        .expect_err("a classic queue is not redeclared as a quorum one");
-    let err = format!("{err:#}");
-    assert!(
-        err.contains(&settings.amqp.queue) && err.contains("classic") && err.contains("quorum"),
-        "{err}"
-    );
-    common::cleanup(&settings).await;
+    for (first, then) in [
+        (QueueType::Classic, QueueType::Quorum),
+        (QueueType::Quorum, QueueType::Classic),
+    ] {
+        let mut settings = test_settings();
+        settings.amqp.queue_type = first;
+        let channel = app_channel(&settings.amqp).await;
+        meterd::ingest::topology::declare(&channel, &settings.amqp)
+            .await
+            .unwrap();
+        let mut other = settings.amqp.clone();
+        other.queue_type = then;
+        let channel = app_channel(&settings.amqp).await;
+        let err = meterd::ingest::topology::declare(&channel, &other)
+            .await
+            .expect_err("a queue is not redeclared with another type");
+        let err = format!("{err:#}");
+        let expected = format!(
+            "queue {} exists as a {} queue, but amqp.queue_type is {}",
+            settings.amqp.queue,
+            first.as_str(),
+            then.as_str()
+        );
+        assert!(err.contains(&expected), "{err}");
+        common::cleanup(&settings).await;
+    }
 }

@@ -122,22 +122,34 @@ pub async fn declare(channel: &Channel, s: &AmqpSettings) -> anyhow::Result<()> 
 }
 
 /// Turns the broker's refusal of a queue declared with another type than it has into an
-/// error naming the queue and both types.
+/// error naming the queue and both types. The broker names the first argument that differs,
+/// which need not be `x-queue-type`: a quorum declaration also carries the dead-letter
+/// exchange and delivery limit, which a classic queue lacks (and the reverse).
 fn explain_inequivalent(error: lapin::Error, queue: &str, wanted: QueueType) -> anyhow::Error {
     let text = error.to_string();
-    let existing = text
-        .split_once("current is")
-        .map(|(_, current)| current)
-        .and_then(|current| {
+    let argument = text
+        .split_once("inequivalent arg '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(argument, _)| argument);
+    let (other, wanted_lacks) = match wanted {
+        QueueType::Classic => ("quorum", "received none"),
+        QueueType::Quorum => ("classic", "current is none"),
+    };
+    let existing = match argument {
+        Some("x-queue-type") => text.split_once("current is").and_then(|(_, current)| {
             ["quorum", "stream", "classic"]
                 .into_iter()
                 .find(|t| current.contains(t))
-        });
-    let existing = match existing {
-        Some(existing) if text.contains("x-queue-type") => existing,
-        // Declared without the argument, the existing queue is a classic one.
-        None if text.contains("x-queue-type") && wanted == QueueType::Quorum => "classic",
-        _ => return anyhow::Error::new(error).context(format!("declare queue {queue}")),
+                // Declared without the argument, the existing queue is a classic one.
+                .or((wanted == QueueType::Quorum).then_some("classic"))
+        }),
+        Some("x-dead-letter-exchange" | "x-delivery-limit") if text.contains(wanted_lacks) => {
+            Some(other)
+        }
+        _ => None,
+    };
+    let Some(existing) = existing else {
+        return anyhow::Error::new(error).context(format!("declare queue {queue}"));
     };
     anyhow::anyhow!(
         "queue {queue} exists as a {existing} queue, but amqp.queue_type is {}: set amqp.queue_type \
