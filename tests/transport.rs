@@ -226,16 +226,14 @@ async fn amqps_with_the_test_ca_meters_events_and_another_ca_is_refused() {
     wrong.tls_ca_file = Some(other_ca.as_str().to_owned());
     let err = meterd::ingest::topology::connect(&wrong, "meterd-test-wrong-ca")
         .await
-        .err()
-        .expect("another CA is refused");
+        .expect_err("another CA is refused");
     let err = format!("{err:#}");
     assert!(err.contains("certificate"), "{err}");
     let mut wrong = settings.amqp.clone();
     wrong.url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.addr.port());
     let err = meterd::ingest::topology::connect(&wrong, "meterd-test-wrong-name")
         .await
-        .err()
-        .expect("another host name is refused");
+        .expect_err("another host name is refused");
     let err = format!("{err:#}");
     assert!(err.contains("certificate"), "{err}");
     assert!(
