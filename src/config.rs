@@ -190,6 +190,11 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.amqp.queue_expires_ms, None);
         assert_eq!(s.runtime.worker_threads.get(), 1);
+        assert_eq!(s.http.body_read_timeout_secs, 10);
+        assert_eq!(s.http.ingest_buffer_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        assert_eq!(s.amqp.delivery_limit, 20);
+        assert_eq!(s.amqp.tls_ca_file, None);
     }
 
     #[test]
@@ -201,6 +206,7 @@ mod tests {
                 ("METERD__HTTP__ADDR", "0.0.0.0:9999"),
                 ("METERD__AMQP__QUEUE_EXPIRES_MS", "60000"),
                 ("METERD__LOG__FORMAT", "json"),
+                ("METERD__AMQP__QUEUE_TYPE", "quorum"),
                 ("DATABASE_URL", "postgres://postgres@db/x"),
                 ("AMQP_URL", "amqp://mq"),
             ]),
@@ -210,6 +216,7 @@ mod tests {
         assert_eq!(s.http.addr, "0.0.0.0:9999");
         assert_eq!(s.amqp.queue_expires_ms, Some(60000));
         assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.database.url, "postgres://postgres@db/x");
         assert_eq!(s.amqp.url, "amqp://mq");
     }
