@@ -94,6 +94,7 @@ pub async fn start(
         metrics: metrics.clone(),
         runs_consumer,
         database_ready: AtomicBool::new(false),
+        ingest_budget: api::IngestBudget::new(settings.http.ingest_buffer_bytes),
     });
     let server = api::server(listener, state.clone(), role != ServeRole::Consumer)?;
     let handle = server.handle();

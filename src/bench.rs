@@ -6,6 +6,7 @@
 //! until every event is committed. It samples the process's RSS while meterd consumes.
 
 pub mod api;
+pub mod bodies;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,7 +364,12 @@ pub(crate) async fn drop_database(admin_url: &str, url: &str) -> anyhow::Result<
 
 /// This process's resident set in MiB (Linux), 0 where unknown.
 pub fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    vm_rss_mb("/proc/self/status")
+}
+
+/// `VmRSS` of a `/proc/…/status` file in MiB, 0 where unknown.
+fn vm_rss_mb(status_file: &str) -> f64 {
+    std::fs::read_to_string(status_file)
         .ok()
         .and_then(|s| {
             s.lines()

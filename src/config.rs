@@ -62,16 +62,45 @@ pub struct AmqpSettings {
     /// Batches recorded at once, each on its own database connection (acks stay in order).
     pub writers: usize,
     pub connection_name: String,
+    /// PEM file of CA certificates trusted for `amqps://`, besides the webpki roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// The type of both queues: RabbitMQ's replicated `quorum` queues, or `classic` ones.
+    pub queue_type: QueueType,
+    /// Quorum queues only: deliveries of one message without an ack (the consumer crashed or
+    /// lost its connection each time) before the broker dead-letters it.
+    pub delivery_limit: u32,
     /// Declares the queues with `x-expires` (milliseconds): test and bench queues vanish
     /// by themselves if their owner dies. Unset in production.
     #[serde(default)]
     pub queue_expires_ms: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: String,
+    /// Seconds a client has to send a request body once its headers arrived (`408` after).
+    pub body_read_timeout_secs: u64,
+    /// Most bytes of ingest bodies held in memory at once, over all requests; a body that
+    /// would go beyond it is refused with `503` and `Retry-After` instead of waiting.
+    pub ingest_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +341,11 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.amqp.queue_expires_ms, None);
         assert_eq!(s.runtime.worker_threads.get(), 1);
+        assert_eq!(s.http.body_read_timeout_secs, 10);
+        assert_eq!(s.http.ingest_buffer_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        assert_eq!(s.amqp.delivery_limit, 20);
+        assert_eq!(s.amqp.tls_ca_file, None);
     }
 
     #[test]
@@ -323,6 +357,7 @@ mod tests {
                 ("METERD__HTTP__ADDR", "0.0.0.0:9999"),
                 ("METERD__AMQP__QUEUE_EXPIRES_MS", "60000"),
                 ("METERD__LOG__FORMAT", "json"),
+                ("METERD__AMQP__QUEUE_TYPE", "quorum"),
                 ("DATABASE_URL", "postgres://postgres@db/x"),
                 ("AMQP_URL", "amqp://mq"),
             ]),
@@ -332,6 +367,7 @@ mod tests {
         assert_eq!(s.http.addr, "0.0.0.0:9999");
         assert_eq!(s.amqp.queue_expires_ms, Some(60000));
         assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.database.url, "postgres://postgres@db/x");
         assert_eq!(s.amqp.url, "amqp://mq");
     }

@@ -182,6 +182,9 @@ enum BenchCommand {
     Api(bench::api::ApiBenchOptions),
     /// Finance export: streams usage.csv of N seeded rows; rows/s and RSS growth.
     Export(bench::ExportBenchOptions),
+    /// Memory under concurrent large ingest bodies: peak and settled RSS of a child
+    /// `serve`, with the configured ingest budget and with none.
+    Bodies(bench::bodies::BodiesBenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -258,6 +261,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if let Some(summary) = summary {
                 print_out(summary)?;
             }
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Bodies(options),
+            ..
+        } => {
+            let summary = bench::bodies::run(&settings, &options, |report| {
+                // A progress line lost to a closed pipe is no reason to stop measuring.
+                let _ = print_out(report);
+            })
+            .await?;
+            print_out(summary)?;
             Ok(())
         }
         Command::Bench {

@@ -814,3 +814,145 @@ async fn pruning_the_ledger_forgets_only_ids_that_could_no_longer_be_accepted() 
     app.ingest(&events[10..]).await;
     assert_eq!(app.counted_requests().await, 30);
 }
+
+/// Sends a request head (and `body_start` of its body) on a raw connection; the caller
+/// writes the rest, or not.
+async fn raw_post(
+    app: &common::TestApp,
+    length: usize,
+    body_start: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+        app.admin_key()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body_start).await.unwrap();
+    stream
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body: status, lower-cased headers, body.
+async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> (u16, BTreeMap<String, String>, Value) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before a response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers["content-length"].parse().unwrap();
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed inside the response body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_slower_than_the_read_deadline_gets_408() {
+    let mut settings = test_settings();
+    settings.http.body_read_timeout_secs = 1;
+    let app = spawn_app_with(settings).await;
+    let started = std::time::Instant::now();
+    let stream = raw_post(&app, 100_000, b"[").await;
+    let (mut reader, mut writer) = stream.into_split();
+    // 1 KB/s: a hundred bytes every tenth of a second, for longer than the test waits.
+    let trickle = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while writer.write_all(&[b' '; 100]).await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let (status, _, body) = tokio::time::timeout(common::DEADLINE, read_response(&mut reader))
+        .await
+        .expect("an answer before the test's deadline");
+    let waited = started.elapsed();
+    trickle.abort();
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.body_read_timeout_secs"),
+        "{body}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(1) && waited < std::time::Duration::from_secs(4),
+        "answered after {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_beyond_the_ingest_buffer_budget_get_503_with_retry_after() {
+    let mut settings = test_settings();
+    settings.http.ingest_buffer_bytes = 1000;
+    let app = spawn_app_with(settings).await;
+    let ts = Utc::now().to_rfc3339();
+    let event = |id: &str| {
+        serde_json::to_vec(&json!({"id": id, "tenant": "acme", "function": "f", "timestamp": ts, "duration_ms": 1, "memory_mb": 128}))
+            .unwrap()
+    };
+    // A body of 800 declared bytes, not yet sent, holds 800 of the 1000.
+    let mut slow_body = event("slow");
+    slow_body.resize(800, b' ');
+    let mut slow = raw_post(&app, slow_body.len(), &slow_body[..1]).await;
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let mut n = 0;
+    let (headers, body) = loop {
+        n += 1;
+        let mut other = event(&format!("other-{n}"));
+        other.resize(300, b' ');
+        let mut stream = raw_post(&app, other.len(), &other).await;
+        let (status, headers, body) = read_response(&mut stream).await;
+        if status == 503 {
+            break (headers, body);
+        }
+        // The slow request's handler had not started yet.
+        assert_eq!(status, 200, "{body}");
+        assert!(std::time::Instant::now() < deadline, "never refused");
+    };
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+
+    use tokio::io::AsyncWriteExt;
+    slow.write_all(&slow_body[1..]).await.unwrap();
+    let (status, _, body) = read_response(&mut slow).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    // The budget is whole again once the body is recorded.
+    let mut again = event("again");
+    again.resize(900, b' ');
+    let mut stream = raw_post(&app, again.len(), &again).await;
+    let (status, _, body) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -25,6 +25,8 @@ pub struct ApiError {
     message: String,
     /// The cause of a 5xx: logged once, never shown.
     cause: Option<anyhow::Error>,
+    /// Seconds for a `Retry-After` header.
+    retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -38,6 +40,15 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             cause: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Asks the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(self, secs: u32) -> Self {
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..self
         }
     }
 
@@ -182,18 +193,22 @@ impl ResponseError for ApiError {
             );
         }
         let mut response = envelope(self.status, &self.code, &self.message);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+        // Every 503 says when to retry: an outage after a second, a full ingest budget as it
+        // asks.
+        let retry_after = self.retry_after_secs.or(
+            (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
+        );
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }
 }
 
 /// What a `503` asks a client to wait before retrying, in seconds.
-const RETRY_AFTER_SECS: &str = "1";
+const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn envelope(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(ErrorEnvelope {

@@ -1,9 +1,17 @@
 //! `POST /v1/events`: the same body, decoder and store as the AMQP consumer.
 
-use actix_web::{HttpResponse, http::StatusCode, web};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{StatusCode, header},
+    web,
+};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
 use utoipa::{PartialSchema, ToSchema};
@@ -105,32 +113,42 @@ pub struct UsageEvent {
             body = IngestOutcome),
         (status = 400, description = "The body could not be read (`invalid_body`)",
             body = ErrorEnvelope),
+        (status = 408, description = "The body did not arrive within `http.body_read_timeout_secs` \
+            (`request_timeout`)", body = ErrorEnvelope),
         (status = 413, description = "The body is over 4 MiB (`too_large`)", body = ErrorEnvelope),
         (status = 422, description = "The body would be dead-lettered over AMQP; `code` is the \
             dead-letter code and `message` the reason", body = ErrorEnvelope),
         KeyedErrors,
+        (status = 503, description = "Too many bodies are being received at once (`busy`, with \
+            `Retry-After`), or storage is unreachable (`unavailable`)", body = ErrorEnvelope),
     )
 )]
 pub async fn ingest(
     caller: Caller,
     state: web::Data<AppState>,
-    mut payload: web::Payload,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Ingest, Role::Admin])?;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge.as_str(),
-                format!("the body exceeds {MAX_BODY_BYTES} bytes (4 MiB)"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let timeout = Duration::from_secs(state.settings.http.body_read_timeout_secs);
+    let (body, permit) = tokio::time::timeout(
+        timeout,
+        read_body(payload, declared_length(&req)?, &state.ingest_budget),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s (http.body_read_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    })??;
     let events = decode_message(&body, state.store.rules(), chrono::Utc::now())
         .map_err(|r| ApiError::unprocessable(r.code.as_str(), r.reason))?;
+    drop(body);
     let outcome = state.store.record_events(&events).await.map_err(|error| {
         match DataRefusal::of(&error) {
             // The same data would fail on every retry: the client's to fix, named as a dead
@@ -141,10 +159,97 @@ pub async fn ingest(
             None => ApiError::from(error),
         }
     })?;
+    // The decoded events take about as much memory as the body did: the budget covers them
+    // until they are recorded.
+    drop((events, permit));
     state.metrics.events_accepted.inc_by(outcome.accepted);
     state.metrics.events_duplicate.inc_by(outcome.duplicates);
     Ok(HttpResponse::Ok().json(IngestOutcome {
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
     }))
+}
+
+/// The bytes of ingest bodies held in memory at once, over all requests (`http.ingest_buffer_bytes`).
+pub struct IngestBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl IngestBudget {
+    pub fn new(bytes: usize) -> Self {
+        IngestBudget {
+            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Takes `bytes` more from the budget into `held`, or says the service is busy: waiting
+    /// would let a burst of bodies pile up unbounded in connections and buffers.
+    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), ApiError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let permit = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many event bodies are being received at once; retry later",
+                )
+                .retry_after(1)
+            })?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::TooLarge.as_str(),
+        format!("the body exceeds {MAX_BODY_BYTES} bytes (4 MiB)"),
+    )
+}
+
+/// The body's `Content-Length`, refused at once when over the limit.
+fn declared_length(req: &HttpRequest) -> Result<Option<usize>, ApiError> {
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match length {
+        Some(n) if n > MAX_BODY_BYTES => Err(too_large()),
+        other => Ok(other),
+    }
+}
+
+/// Reads the body into one buffer of its declared size (no doubling), holding its bytes in
+/// the budget; a body without a length takes budget chunk by chunk.
+async fn read_body(
+    mut payload: web::Payload,
+    declared: Option<usize>,
+    budget: &IngestBudget,
+) -> Result<(web::BytesMut, Option<OwnedSemaphorePermit>), ApiError> {
+    let mut held = None;
+    budget.take(&mut held, declared.unwrap_or(0))?;
+    let mut reserved = declared.unwrap_or(0);
+    let mut body = web::BytesMut::with_capacity(reserved);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let length = body.len() + chunk.len();
+        if length > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        if length > reserved {
+            budget.take(&mut held, length - reserved)?;
+            reserved = length;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, held))
 }

@@ -27,6 +27,8 @@ use actix_web::{
 };
 use sqlx::PgPool;
 
+pub use events::IngestBudget;
+
 use crate::config::Settings;
 use crate::metering::MeterStore;
 use crate::metrics::Metrics;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub runs_consumer: bool,
     /// Set once the database is reachable and migrated; until then `/v1` answers `503`.
     pub database_ready: std::sync::atomic::AtomicBool,
+    /// Bytes of ingest bodies held at once (`http.ingest_buffer_bytes`).
+    pub ingest_budget: IngestBudget,
 }
 
 /// Builds the HTTP server on an already bound listener. `serve_v1` is false for the
