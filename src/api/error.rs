@@ -195,9 +195,9 @@ impl ResponseError for ApiError {
         let mut response = envelope(self.status, &self.code, &self.message);
         // Every 503 says when to retry: an outage after a second, a full ingest budget as it
         // asks.
-        let retry_after = self.retry_after_secs.or(
-            (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
-        );
+        let retry_after = self
+            .retry_after_secs
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS));
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
