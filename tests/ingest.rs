@@ -913,6 +913,9 @@ async fn a_body_trickled_slower_than_the_read_deadline_gets_408() {
 async fn bodies_beyond_the_ingest_buffer_budget_get_503_with_retry_after() {
     let mut settings = test_settings();
     settings.http.ingest_buffer_bytes = 1000;
+    // The slow body must hold its share until this test sends the rest, however slow the
+    // machine: a body timed out releases its share.
+    settings.http.body_read_timeout_secs = 300;
     let app = spawn_app_with(settings).await;
     let ts = Utc::now().to_rfc3339();
     let event = |id: &str| {
@@ -922,21 +925,36 @@ async fn bodies_beyond_the_ingest_buffer_budget_get_503_with_retry_after() {
     // A body of 800 declared bytes, not yet sent, holds 800 of the 1000.
     let mut slow_body = event("slow");
     slow_body.resize(800, b' ');
-    let mut slow = raw_post(&app, slow_body.len(), &slow_body[..1]).await;
     let deadline = std::time::Instant::now() + common::DEADLINE;
     let mut n = 0;
-    let (headers, body) = loop {
-        n += 1;
-        let mut other = event(&format!("other-{n}"));
-        other.resize(300, b' ');
-        let mut stream = raw_post(&app, other.len(), &other).await;
-        let (status, headers, body) = read_response(&mut stream).await;
-        if status == 503 {
-            break (headers, body);
+    let (mut slow, headers, body) = 'attempt: loop {
+        let mut slow = raw_post(&app, slow_body.len(), &slow_body[..1]).await;
+        loop {
+            n += 1;
+            let mut other = event(&format!("other-{n}"));
+            other.resize(300, b' ');
+            let mut stream = raw_post(&app, other.len(), &other).await;
+            let (status, headers, body) = read_response(&mut stream).await;
+            if status == 503 {
+                break 'attempt (slow, headers, body);
+            }
+            // The slow request's handler had not started yet...
+            assert_eq!(status, 200, "{body}");
+            assert!(std::time::Instant::now() < deadline, "never refused");
+            // ...or it started while this one held 300 bytes, and was refused itself: the
+            // budget works both ways. Start a new slow body.
+            let early = std::time::Duration::from_millis(100);
+            if let Ok((status, _, body)) =
+                tokio::time::timeout(early, read_response(&mut slow)).await
+            {
+                assert_eq!(
+                    (status, &body["error"]["code"]),
+                    (503, &json!("busy")),
+                    "{body}"
+                );
+                continue 'attempt;
+            }
         }
-        // The slow request's handler had not started yet.
-        assert_eq!(status, 200, "{body}");
-        assert!(std::time::Instant::now() < deadline, "never refused");
     };
     assert_eq!(body["error"]["code"], "busy", "{body}");
     assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
