@@ -147,8 +147,25 @@ async fn a_revoked_key_is_refused_at_once_by_another_process_on_the_same_databas
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    let (status, got) = second.get(&path, Some(second.admin_key())).await;
-    assert_eq!(status, 200, "{got}");
+    // The deleted key is gone from its own address, as a deleted resource is; the list keeps
+    // its record, marked revoked, for the audit trail.
+    let (status, body) = second.get(&path, Some(second.admin_key())).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+    let (status, list) = second.get("/v1/api-keys", Some(second.admin_key())).await;
+    assert_eq!(status, 200, "{list}");
+    let got = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == issued["id"])
+        .expect("the revoked key is still listed");
     assert_eq!(got["revoked"], true);
     assert!(got["revoked_at"].is_string(), "{got}");
     let unknown = format!("/v1/api-keys/{}", uuid::Uuid::new_v4());

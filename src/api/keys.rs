@@ -13,7 +13,6 @@ use super::{
     AppState,
     auth::{Caller, Role},
     error::{ApiError, ErrorEnvelope, JsonBody, KeyedErrors},
-    plans::ListParams,
     usage::Page,
 };
 use crate::keys::{self, KeyCursor, KeySpec};
@@ -197,6 +196,18 @@ pub async fn create(
     Ok(HttpResponse::Created().json(issued))
 }
 
+/// Paging of the key list: its cursor is a keyset position, not an offset.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KeyListParams {
+    /// Items per page, 1 to 1000; default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^(k[0-9]{1,16}_[0-9a-f]{32})?$")]
+    cursor: Option<String>,
+}
+
 /// List API keys
 ///
 /// Every issued key, revoked and expired ones included, oldest first; never the key itself.
@@ -207,7 +218,7 @@ pub async fn create(
     tag = "api-keys",
     operation_id = "list_api_keys",
     security(("bearer" = [])),
-    params(ListParams),
+    params(KeyListParams),
     responses(
         (status = 200, description = "A page of keys", body = KeyListSchema),
         (status = 400, description = "`limit` or `cursor` is malformed (`invalid_parameter`)",
@@ -218,7 +229,7 @@ pub async fn create(
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
-    params: web::Query<ListParams>,
+    params: web::Query<KeyListParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let limit = Page::parse(params.limit.as_deref(), None)?.limit;
@@ -247,7 +258,8 @@ pub async fn list(
     params(("id" = uuid::Uuid, Path, description = "The key's id")),
     responses(
         (status = 200, description = "The key", body = KeyInfoSchema),
-        (status = 404, description = "No such key (`not_found`)", body = ErrorEnvelope),
+        (status = 404, description = "No such key, or it was revoked (`not_found`)",
+            body = ErrorEnvelope),
         KeyedErrors,
     )
 )]
@@ -261,6 +273,13 @@ pub async fn get(
     let key = keys::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no API key {id}")))?;
+    // Deleted is deleted at the key's own address; `GET /v1/api-keys` keeps the record,
+    // marked revoked, for the audit trail.
+    if key.revoked {
+        return Err(ApiError::not_found(format!(
+            "API key {id} was revoked; GET /v1/api-keys still lists it"
+        )));
+    }
     Ok(HttpResponse::Ok().json(key))
 }
 
